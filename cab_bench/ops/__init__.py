@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/19_ops.ipynb #3df1ca79
+# %% ../../nbs/19_ops.ipynb #84982fbb
 from .backend import BACKENDS, backend_report, kernel, pick_backend, use_backend
 from .selective_scan import (selective_scan, selective_scan_ref, selective_scan_chunked,
                                           selective_scan_step, compute_dtype, random_scan_inputs)
