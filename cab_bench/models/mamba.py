@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
 
 from ..core import CabError, check_choice
 from ..ops import (selective_scan, selective_scan_step, ssd_scan, ssd_step, ssd_matrix, causal_conv1d,
@@ -261,14 +262,16 @@ class Mamba2Mixer(nn.Module):
 # %% ../../nbs/21_models.mamba.ipynb #5d21f209
 class Block(nn.Module):
     "Pre-norm residual block around a mixer."
-    def __init__(self, mixer:nn.Module, d_model:int, norm_eps:float=1e-5, residual_in_fp32:bool=True):
+    def __init__(self, mixer:nn.Module, d_model:int, norm_eps:float=1e-5, residual_in_fp32:bool=True, drop_path:float=0.0):
         super().__init__()
         self.norm, self.mixer, self.residual_in_fp32 = RMSNorm(d_model, norm_eps), mixer, residual_in_fp32
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()   # stochastic depth (Vim)
         no_weight_decay(self.norm.weight)
     def forward(self, hidden, return_bc:bool=False, cache:dict|None=None):
         r = self.mixer(self.norm(hidden.to(self.norm.weight.dtype)), return_bc=return_bc, cache=cache)
         out, aux = r if return_bc else (r, None)
         res = up(hidden) if self.residual_in_fp32 else hidden
+        out = self.drop_path(out)
         return (res + out, aux) if return_bc else res + out
     def step(self, hidden, cache:dict):
         res = up(hidden) if self.residual_in_fp32 else hidden
