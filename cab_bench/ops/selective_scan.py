@@ -14,7 +14,7 @@ from ..core import CabError
 from .backend import kernel, pick_backend
 
 # %% auto #0
-__all__ = ['compute_dtype', 'selective_scan_ref', 'auto_chunk', 'selective_scan_chunked', 'random_scan_inputs',
+__all__ = ['compute_dtype', 'selective_scan_ref', 'auto_chunk', 'chunk_bounds', 'selective_scan_chunked', 'random_scan_inputs',
            'selective_scan_step', 'selective_scan']
 
 # %% ../../nbs/11_ops.selective_scan.ipynb #38ed9089
@@ -88,95 +88,95 @@ def selective_scan_ref(
     return (y, h) if return_last_state else y
 
 # %% ../../nbs/11_ops.selective_scan.ipynb #0a93b31d
-def _prefix_scan_(a:torch.Tensor, x:torch.Tensor, reverse:bool=False)->torch.Tensor:
-    "In place: x_t <- a_t x_{t-1} + x_t along dim -2 (x_t <- a_t x_{t+1} + x_t if `reverse`); `a` is clobbered."
-    T, k = x.shape[-2], 1
-    while k < T:
-        if reverse:
-            x[..., :-k, :] += a[..., :-k, :] * x[..., k:, :]
-            if 2 * k < T: a[..., :-k, :] = a[..., :-k, :] * a[..., k:, :]
-        else:
-            x[..., k:, :] += a[..., k:, :] * x[..., :-k, :]
-            if 2 * k < T: a[..., k:, :] = a[..., k:, :] * a[..., :-k, :]
-        k *= 2
-    return x
+_SAFE_EXPONENT = {torch.float32: 40.0, torch.float64: 300.0}
 
 def auto_chunk(
     rows:int,            # batch * d * N: elements of one time step
     l:int,               # sequence length
     device:torch.device,
 )->int:
-    "Chunk length keeping each (batch, d, T, N) working tensor near 2^26 elements on GPU, 2^21 on CPU."
-    budget = 2**26 if device.type == "cuda" else 2**21
-    return max(1, min(l, max(16, budget // max(rows, 1))))
+    "Longest chunk keeping each (batch, d, T, N) working tensor near 2^26 elements on GPU, 2^22 on CPU."
+    budget = 2**26 if device.type == "cuda" else 2**22
+    return max(1, min(l, budget // max(rows, 1)))
 
-def _chunk_tensors(u, delta, A, B, s, g):
-    "dA = exp(delta A), dBu = delta u B for the steps in slice `s`: both (b, d, T, N)."
+def chunk_bounds(
+    delta:torch.Tensor,   # (b, d, l) step sizes after softplus
+    A:torch.Tensor,       # (d, N)
+    max_len:int,          # memory cap on a chunk's length
+)->list[tuple[int, int]]:
+    "Chunks [t0, t1) within which max|A| * (sum of steps after the first) stays below the safe exponent."
+    thr = _SAFE_EXPONENT[delta.dtype]
+    w = (delta * A.abs().amax(-1)[:, None]).amax(dim=(0, 1)).tolist()   # worst decay exponent of each step (one sync)
+    bounds, t0, acc = [], 0, 0.0
+    for t in range(1, len(w)):
+        acc += w[t]
+        if acc > thr or t - t0 >= max_len: bounds.append((t0, t)); t0, acc = t, 0.0
+    return bounds + [(t0, len(w))]
+
+def _chunk_states(u, delta, A, B, s, g, h_in):
+    "States of the steps in slice `s`: returns dt (b,d,T), e = exp(A Q) and dBu, h (all (b,d,T,N))."
     b, d, _ = u.shape
     dt = delta[:, :, s]                                              # (b, d, T)
     T = dt.shape[-1]
-    dA = torch.exp(dt.unsqueeze(-1) * A[:, None, :])                 # (b, d, T, N)
+    Q = dt.cumsum(-1) - dt[..., :1]                                  # steps after the chunk's first
+    e = torch.exp(Q.unsqueeze(-1) * A[:, None, :])                   # (b, d, T, N), in (0, 1]
     Bs = B[:, :, s] if B.shape[2] > 1 else B                         # (b|1, G, T|1, N)
     dBu = ((dt * u[:, :, s]).view(b, g, d // g, T, 1) * Bs.unsqueeze(2)).view(b, d, T, -1)
-    return dt, dA, dBu
+    x = dBu / e
+    x[:, :, 0] += torch.exp(dt[:, :, 0, None] * A) * h_in            # e_0 = 1
+    h = x.cumsum(2).mul_(e)
+    return dt, e, dBu, h
 
 class _ChunkedScan(torch.autograd.Function):
     "Selective scan core (no D, z, bias): y_t = C_t . h_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t."
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, T:int):
+    def forward(ctx, u, delta, A, B, C, h0, max_len:int):
         b, d, l = u.shape
         g, N = B.shape[1], A.shape[1]
         y = u.new_empty(b, d, l)
         h = u.new_zeros(b, d, N) if h0 is None else h0
-        starts = []                                                  # state entering each chunk
-        for t0 in range(0, l, T):
-            s = slice(t0, min(t0 + T, l))
+        bounds, starts = chunk_bounds(delta, A, max_len), []
+        for t0, t1 in bounds:
+            s = slice(t0, t1)
             starts.append(h)
-            _, dA, x = _chunk_tensors(u, delta, A, B, s, g)
-            x[:, :, 0] += dA[:, :, 0] * h
-            hs = _prefix_scan_(dA, x)                                # (b, d, T, N) states
+            hs = _chunk_states(u, delta, A, B, s, g, h)[-1]          # (b, d, T, N)
             Cs = C[:, :, s] if C.shape[2] > 1 else C
-            y[:, :, s] = (hs.view(b, g, d // g, -1, N) * Cs.unsqueeze(2)).sum(-1).view(b, d, -1)
+            y[:, :, s] = (hs.view(b, g, d // g, t1 - t0, N) * Cs.unsqueeze(2)).sum(-1).view(b, d, -1)
             h = hs[:, :, -1].clone()
         ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
-        ctx.T, ctx.h0_given = T, h0 is not None
+        ctx.bounds, ctx.h0_given = bounds, h0 is not None
         return y, h
 
     @staticmethod
     def backward(ctx, gy, gh_last):
         u, delta, A, B, C, starts = ctx.saved_tensors
         b, d, l = u.shape
-        g, N, T = B.shape[1], A.shape[1], ctx.T
+        g, N = B.shape[1], A.shape[1]
         gu, gdelta, gA = torch.zeros_like(u), torch.zeros_like(delta), torch.zeros_like(A)
         gB = torch.zeros(b, g, l, N, dtype=u.dtype, device=u.device)  # per step; reduced below for broadcast B/C
         gC = torch.zeros_like(gB)
         gy = u.new_zeros(b, d, l) if gy is None else gy.to(u.dtype)
-        carry = u.new_zeros(b, d, N) if gh_last is None else gh_last.to(u.dtype).clone()  # dLoss/dh at chunk end
-        for ci in reversed(range(len(starts))):
-            t0 = ci * T; s = slice(t0, min(t0 + T, l))
-            dt, dA, x = _chunk_tensors(u, delta, A, B, s, g)
-            Tc = dt.shape[-1]
-            h_in = starts[ci]
-            x[:, :, 0] += dA[:, :, 0] * h_in
-            hs = _prefix_scan_(dA.clone(), x)                        # recomputed states (b, d, Tc, N)
+        carry = u.new_zeros(b, d, N) if gh_last is None else gh_last.to(u.dtype)  # dLoss/dh at the chunk's end
+        for ci in reversed(range(len(ctx.bounds))):
+            t0, t1 = ctx.bounds[ci]; s = slice(t0, t1); Tc = t1 - t0
+            dt, e, dBu, hs = _chunk_states(u, delta, A, B, s, g, starts[ci])
             Cs = C[:, :, s] if C.shape[2] > 1 else C
             Bs = B[:, :, s] if B.shape[2] > 1 else B
             gys = gy[:, :, s]                                        # (b, d, Tc)
-            # adjoint: g_t = C_t gy_t + A_bar_{t+1} g_{t+1}, with the next chunk's contribution entering at the end
-            gh = (gys.view(b, g, d // g, Tc, 1) * Cs.unsqueeze(2)).reshape(b, d, Tc, N)
-            gh[:, :, -1] += carry
-            a_next = torch.zeros_like(dA); a_next[:, :, :-1] = dA[:, :, 1:]
-            _prefix_scan_(a_next, gh, reverse=True)
+            # adjoint g_t = C_t gy_t + A_bar_{t+1} g_{t+1} (the next chunk's part enters at the end), closed form:
+            # g_t = e_t^-1 * sum_{t' >= t} e_t' r_t'
+            r = (gys.view(b, g, d // g, Tc, 1) * Cs.unsqueeze(2)).reshape(b, d, Tc, N)
+            r[:, :, -1] += carry
+            gh = r.mul_(e).flip(2).cumsum(2).flip(2).div_(e)
             gC[:, :, s] = (gys.view(b, g, d // g, Tc, 1) * hs.view(b, g, d // g, Tc, N)).sum(2)
-            h_prev = torch.cat([h_in.unsqueeze(2), hs[:, :, :-1]], 2)  # h_{t-1}
-            gx = gh * h_prev * dA                                     # dLoss/d(dt_t A) per (d, N)
+            gx = gh * (hs - dBu)                                     # g_t * A_bar_t h_{t-1}: dLoss/d(dt_t A)
             gA += torch.einsum("bdtn,bdt->dn", gx, dt)
             ghB = (gh.view(b, g, d // g, Tc, N) * Bs.unsqueeze(2)).sum(-1).view(b, d, Tc)  # sum_N g_t B_t
             us = u[:, :, s]
             gdelta[:, :, s] = torch.einsum("bdtn,dn->bdt", gx, A) + ghB * us
             gu[:, :, s] = ghB * dt
             gB[:, :, s] = (gh.view(b, g, d // g, Tc, N) * (dt * us).view(b, g, d // g, Tc, 1)).sum(2)
-            carry = gh[:, :, 0] * dA[:, :, 0]                         # dLoss/dh_{t0-1}
+            carry = gh[:, :, 0] * torch.exp(dt[:, :, 0, None] * A)  # dLoss/dh entering the chunk
         if B.shape[0] == 1 and b > 1: gB = gB.sum(0, keepdim=True)
         if B.shape[2] == 1: gB = gB.sum(2, keepdim=True)
         if C.shape[0] == 1 and b > 1: gC = gC.sum(0, keepdim=True)
@@ -186,13 +186,14 @@ class _ChunkedScan(torch.autograd.Function):
 def selective_scan_chunked(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     initial_state:torch.Tensor|None=None,  # (batch, d, N) h_0
-    chunk_size:int|None=None,              # steps per chunk; None picks by `auto_chunk`
+    chunk_size:int|None=None,              # longest chunk; None picks by `auto_chunk` (stability may cut shorter)
 ):
     "Chunked selective scan, same signature and results as `selective_scan_ref`."
     out_dtype = u.dtype
     u, delta, A, B, C = _prep(u, delta, A, B, C, delta_bias, delta_softplus)
     b, d, l = u.shape
     T = chunk_size or auto_chunk(b * d * A.shape[1], l, u.device)
+    if T < 1: raise CabError(f"selective_scan: chunk_size={chunk_size} is not allowed: expected a positive int")
     h0 = None if initial_state is None else initial_state.to(u.dtype)
     y, h = _ChunkedScan.apply(u, delta, A, B, C, h0, T)
     y = _finish(y, u, D, z, out_dtype)
@@ -212,7 +213,7 @@ def random_scan_inputs(
              D=r(d), z=r(b, d, l), delta_bias=r(d) * 0.1, initial_state=r(b, d, N))
     return {k: v.to(device) for k, v in x.items()}
 
-# %% ../../nbs/11_ops.selective_scan.ipynb #a010903a
+# %% ../../nbs/11_ops.selective_scan.ipynb #45befbd4
 def selective_scan_step(
     state:torch.Tensor,               # (batch, d, N) h_{t-1}
     x:torch.Tensor,                   # (batch, d) input at t
@@ -245,7 +246,7 @@ def selective_scan_step(
     if z is not None: y = y * F.silu(z.to(cdt))
     return y.to(x.dtype), new
 
-# %% ../../nbs/11_ops.selective_scan.ipynb #6e970416
+# %% ../../nbs/11_ops.selective_scan.ipynb #f2687e6c
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     *,
