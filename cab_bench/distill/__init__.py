@@ -11,6 +11,10 @@ from .core import (Bridge, DistillModule, LossTerm, LOSS_TERMS, METHODS, Method,
                                     method_names, method_options, random_dataset, register_loss, register_method,
                                     soft_kd_loss, teacher_kernel, tiny_cfg, tiny_pair)
 from .init import (AttnWeights, Copy, InitReport, attention_weights, attn_reuse_init_, init_A_identity_,
+                                    module_attention_weights,
                                     mamba_mixers, transfer_weights_)
 from .methods import (attn_reuse, cab, cab_b_only, cab_c_only, cab_default_init, cab_shared_bridge,
                                        hard_kd, mixer_matrix, mohawk, soft_kd, vanilla)
+from .hedgehog import (HedgeMambaLM, HedgehogAttention, HedgehogFeatureMap, HedgehogLM, HybridLM,
+                                        MambaAttention, hedgehog_mixer, hedgehog_to_mamba2_, hedgemamba,
+                                        hedgemamba_one_step, linearize, silu_inverse)

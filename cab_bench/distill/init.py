@@ -18,8 +18,8 @@ from ..models.students import MambaLM, Vim
 from .core import layer_map
 
 # %% auto #0
-__all__ = ['mamba_mixers', 'init_A_identity_', 'AttnWeights', 'attention_weights', 'Copy', 'InitReport', 'check_width',
-           'transfer_weights_', 'attn_reuse_init_']
+__all__ = ['mamba_mixers', 'init_A_identity_', 'AttnWeights', 'attention_weights', 'module_attention_weights', 'Copy',
+           'InitReport', 'check_width', 'transfer_weights_', 'attn_reuse_init_']
 
 # %% ../../nbs/31_distill.init.ipynb #3dbee337
 def mamba_mixers(student:nn.Module)->list:
@@ -59,21 +59,31 @@ def _bias(m): return getattr(m, 'bias', None)
 
 def attention_weights(teacher:Teacher, l:int)->AttnWeights:
     "Layer `l`'s Q, K, V, output projections (and biases) in nn.Linear layout, as tensors of the teacher (not copies)."
-    a, H, Hkv, dh, fam = teacher.attentions[l], teacher.num_heads, teacher.num_kv_heads, teacher.head_dim, teacher.family
-    src = f"{teacher._layout[0]}.{l}.{teacher._layout[1]}"
-    if teacher.kind == 'vision' or fam == 'gpt2':
-        fused, proj = (a.qkv, a.proj) if teacher.kind == 'vision' else (a.c_attn, a.c_proj)
-        W = fused.weight if teacher.kind == 'vision' else fused.weight.t()          # Conv1D stores (in, out)
+    return module_attention_weights(teacher.attentions[l], 'vit' if teacher.kind == 'vision' else teacher.family, teacher.num_heads,
+                                    teacher.num_kv_heads, teacher.head_dim, f"{teacher._layout[0]}.{l}.{teacher._layout[1]}")
+
+def module_attention_weights(
+    a:nn.Module,       # a timm `Attention` or a transformers GPT-2 / GPT-NeoX / Phi / Llama attention module
+    family:str,        # 'vit' / 'deit' (timm) or 'gpt2', 'gpt_neox', 'phi', 'llama'
+    H:int, Hkv:int, dh:int,  # heads, key/value heads, head size
+    src:str='',        # its name, for reports
+)->AttnWeights:
+    "`attention_weights` of one attention module."
+    if family in ('vit', 'deit', 'gpt2'):
+        timm_ = family != 'gpt2'
+        fused, proj = (a.qkv, a.proj) if timm_ else (a.c_attn, a.c_proj)
+        W = fused.weight if timm_ else fused.weight.t()                              # Conv1D stores (in, out)
         q, k, v = W.split(H * dh, 0)
         qb, kb, vb = fused.bias.split(H * dh) if fused.bias is not None else (None,) * 3
-        return AttnWeights(q, k, v, proj.weight if teacher.kind == 'vision' else proj.weight.t(), qb, kb, vb, proj.bias, H, Hkv, dh, src)
-    if fam == 'gpt_neox':                                                            # rows: per head [q | k | v]
+        return AttnWeights(q, k, v, proj.weight if timm_ else proj.weight.t(), qb, kb, vb, proj.bias, H, Hkv, dh, src)
+    if family == 'gpt_neox':                                                         # rows: per head [q | k | v]
         W = a.query_key_value.weight.unflatten(0, (H, 3, dh))                       # (H, 3, d_h, D)
         q, k, v = (W[:, i].flatten(0, 1) for i in range(3))
         b = a.query_key_value.bias
         qb, kb, vb = (b.unflatten(0, (H, 3, dh))[:, i].flatten() for i in range(3)) if b is not None else (None,) * 3
         return AttnWeights(q, k, v, a.dense.weight, qb, kb, vb, a.dense.bias, H, Hkv, dh, src)
-    o = a.dense if fam == 'phi' else a.o_proj
+    if family not in ('phi', 'llama'): raise bad_value('family', family, "one of 'vit', 'deit', 'gpt2', 'gpt_neox', 'phi', 'llama'")
+    o = a.dense if family == 'phi' else a.o_proj
     return AttnWeights(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, o.weight, _bias(a.q_proj), _bias(a.k_proj),
                        _bias(a.v_proj), _bias(o), H, Hkv, dh, src)
 

@@ -9,6 +9,7 @@ import inspect
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from ..core import CabError, bad_value, check_choice, check_range
 from ..models.teachers import Teacher
@@ -49,9 +50,14 @@ def mohawk_attn_loss(ctx)->torch.Tensor:
     for l, blk in enumerate(layers):
         A = to_student_tokens(to_student_tokens(t.attn[g[l]], m.token_index, 2), m.token_index, 3).float()   # (b, H, l, l)
         h = to_student_tokens(t.hidden[g[l]], m.token_index)
-        M = mixer_matrix(blk.mixer, blk.norm(h.to(blk.norm.weight.dtype)), A.shape[1])
-        total = total + torch.linalg.matrix_norm(M - A).mean()
+        # one layer's matrices alive at a time: recomputed in the backward pass instead of stored for all layers
+        total = total + (checkpoint(_orientation, blk, h, A, use_reentrant=False) if torch.is_grad_enabled() else _orientation(blk, h, A))
     return total / len(layers)
+
+def _orientation(blk, h, A):
+    "Mean over samples and heads of ||M - A||_F for one block fed the teacher's hidden state h."
+    M = mixer_matrix(blk.mixer, blk.norm(h.to(blk.norm.weight.dtype)), A.shape[1])
+    return torch.linalg.matrix_norm(M - A).mean()
 
 @register_loss('mohawk_hidden', teacher=('hidden',), student=None)
 def mohawk_hidden_loss(ctx)->torch.Tensor:
