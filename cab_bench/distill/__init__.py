@@ -5,14 +5,13 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/39_distill.ipynb #6cdf5c9f
+# %% ../../nbs/39_distill.ipynb #123b1d2b
 from .core import (Bridge, DistillModule, LossTerm, LOSS_TERMS, METHODS, Method, MethodSpec, Params,
-                                    StepContext, build_method, cab_align_loss, check_pair, hard_kd_loss, layer_map,
+                                    StepContext, build_method, cab_align_loss, ce_loss, check_pair, hard_kd_loss, layer_map,
                                     method_names, method_options, random_dataset, register_loss, register_method,
                                     soft_kd_loss, teacher_kernel, tiny_cfg, tiny_pair)
 from .init import (AttnWeights, Copy, InitReport, attention_weights, attn_reuse_init_, init_A_identity_,
-                                    module_attention_weights,
-                                    mamba_mixers, transfer_weights_)
+                                    mamba_mixers, module_attention_weights, transfer_weights_)
 from .methods import (attn_reuse, cab, cab_b_only, cab_c_only, cab_default_init, cab_shared_bridge,
                                        hard_kd, mixer_matrix, mohawk, soft_kd, vanilla)
 from .hedgehog import (HedgeMambaLM, HedgehogAttention, HedgehogFeatureMap, HedgehogLM, HybridLM,

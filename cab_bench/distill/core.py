@@ -358,6 +358,8 @@ def check_pair(method:str, teacher:Teacher, student:nn.Module|None):
     "Raise a `CabError` when `method` cannot distil `teacher` into `student`."
     spec = _spec(method)
     if not isinstance(teacher, Teacher): raise bad_value('teacher', type(teacher).__name__, "a cab_bench Teacher (load_teacher)")
+    if student is None and inspect.signature(spec.build).parameters['student'].default is not None:
+        raise bad_value('student', None, f"a student module: method {method!r} does not build its own")
     if student is not None:
         if teacher.kind == 'vision' and not isinstance(student, Vim):
             raise CabError(f"method={method!r}: a vision teacher ({teacher.spec}) needs a Vim student, got {type(student).__name__}")
