@@ -148,17 +148,18 @@ def mohawk(teacher:Teacher, student:nn.Module, *,
 # %% ../../nbs/32_distill.methods.ipynb #ac148cca
 @register_method('cab', check=check_cab)
 def cab(teacher:Teacher, student:nn.Module, *,
-        lambda_align:float|None=None,  # weight of the alignment; None: 3 (vision), 0.5 (language, one stage)
-        kl:float|None=None,            # weight of the KL; None: 1 (vision), 0.5 (language, one stage)
-        ce:float|None=None,            # weight of the label CE; None: 0 (vision), 1 (language, one stage)
+        lambda_align:float|None=None,  # one stage: weight of the alignment; None: 3 (vision), 0.5 (language)
+        kl:float|None=None,            # one stage: weight of the KL; None: 1 (vision), 0.5 (language)
+        ce:float|None=None,            # one stage: weight of the label CE; None: 0 (vision), 1 (language)
+        align_until:float=1.0,         # one stage: fraction of the stage after which the alignment stops
+        two_stage:bool|None=None,      # alignment-only stage, then KD; None: True for language, False for vision
+        align_share:float|None=None,   # two stages: step share of the alignment stage; None: 0.1
+        stage2_kl:float|None=None,     # two stages: KL weight of the KD stage; None: 1
+        stage2_ce:float|None=None,     # two stages: CE weight of the KD stage; None: 1
         tau:float=1.0,                 # KL temperature
         kernel:str='softmax',          # teacher-side kernel: 'softmax' or 'identity'
         rope:str='post',               # RoPE teachers: Q/K 'post' or 'pre' rotary embedding
         bridge_hidden:int|None=None,   # bridge MLP width; None: 128 (vision), teacher width (language)
-        align_until:float=1.0,         # fraction of the (combined) stage after which the alignment stops
-        two_stage:bool|None=None,      # alignment-only stage, then KD; None: True for language, False for vision
-        align_share:float=0.1,         # two stages: step share of the alignment stage
-        stage2_kl:float=1.0, stage2_ce:float=1.0,   # two stages: weights of the KD stage
         parts:tuple=BC_NAMES,          # which of 'B', 'C' are aligned (ablations: ('B',), ('C',))
         shared_bridge:bool=False,      # ablation: phi_B is phi_C
         A_init:str='identity',         # 'identity' (A_bar ~ I) or 'default' (stock S4D / Mamba-2 init; ablation)
@@ -167,25 +168,31 @@ def cab(teacher:Teacher, student:nn.Module, *,
     "CAB: attention bridge from the student's B/C to the teacher's K/Q, A_bar ~ I init, KL + lambda_align * align."
     vision = teacher.kind == 'vision'
     two_stage = (not vision) if two_stage is None else two_stage
+    given = dict(lambda_align=lambda_align, kl=kl, ce=ce, align_until=None if align_until == 1.0 else align_until,
+                 align_share=align_share, stage2_kl=stage2_kl, stage2_ce=stage2_ce)
+    unused = [k for k in ((('lambda_align', 'kl', 'ce', 'align_until') if two_stage else ('align_share', 'stage2_kl', 'stage2_ce')))
+              if given[k] is not None]     # an option the chosen schedule would ignore is an error, not a silent no-op
+    if unused: raise bad_value(unused[0], given[unused[0]], f"to be left out with two_stage={two_stage} (it sets the "
+                               f"{'one-stage' if two_stage else 'two-stage'} schedule)")
     lam = (3.0 if vision else 0.5) if lambda_align is None else lambda_align
     kl = (1.0 if vision else 0.5) if kl is None else kl
     ce = (0.0 if vision else 1.0) if ce is None else ce
-    for k, v in dict(lambda_align=lam, kl=kl, ce=ce, stage2_kl=stage2_kl, stage2_ce=stage2_ce).items(): check_range(k, v, 0)
+    share, kl2, ce2 = (0.1 if align_share is None else align_share), (1.0 if stage2_kl is None else stage2_kl), (1.0 if stage2_ce is None else stage2_ce)
+    for k, v in dict(lambda_align=lam, kl=kl, ce=ce, stage2_kl=kl2, stage2_ce=ce2).items(): check_range(k, v, 0)
     check_range('align_until', align_until, 0, 1, lo_open=True); check_choice('A_init', A_init, ('identity', 'default'))
-    if two_stage and align_until != 1.0:
-        raise bad_value('align_until', align_until, "1.0 with two_stage=True (the alignment stage's length is align_share)")
-    report = {'A_init': init_A_identity_(student, A_log) if A_init == 'identity' else 'default'}
-    bridge = Bridge.for_pair(teacher, student, bridge_hidden, tuple(parts), shared_bridge)
+    bridge = Bridge.for_pair(teacher, student, bridge_hidden, tuple(parts), shared_bridge)      # checks before changing the student
     both = Params('student.', 'bridge.')
     if two_stage:
-        check_range('align_share', align_share, 0, 1, lo_open=True, hi_open=True)
-        stages = [Stage('align', both, {'align': 1.0}, share=align_share),
-                  Stage('kd', STUDENT, {t: w for t, w in (('ce', stage2_ce), ('kl', stage2_kl)) if w}, share=1 - align_share)]
+        check_range('align_share', share, 0, 1, lo_open=True, hi_open=True)
+        stages = [Stage('align', both, {'align': 1.0}, share=share),
+                  Stage('kd', STUDENT, {t: float(w) for t, w in (('ce', ce2), ('kl', kl2)) if w}, share=1 - share)]
+        opts = dict(two_stage=True, align_share=share, stage2_kl=kl2, stage2_ce=ce2)
     else:
         losses = {t: float(w) for t, w in (('ce', ce), ('kl', kl), ('align', lam)) if w}
         stages = [Stage('distill', both if lam else STUDENT, losses, until={'align': align_until} if lam and align_until < 1 else {})]
+        opts = dict(two_stage=False, lambda_align=lam, kl=kl, ce=ce)
+    report = {'A_init': init_A_identity_(student, A_log) if A_init == 'identity' else 'default'}
     dm = DistillModule(teacher, student, ['align', 'kl', 'ce'], bridge=bridge, tau=tau, kernel=kernel, rope=rope)
-    opts = dict(lambda_align=lam, kl=kl, ce=ce, two_stage=two_stage)
     return Method('cab', dm, stages, opts=opts, report=report)
 
 def _ablation(name:str, doc:str, **fixed):
