@@ -249,6 +249,8 @@ def _hedgemamba(name, teacher, student, stage1_share, attn_ce, chunk_size, A_log
         warnings.warn(f"{name}: the student is built from the teacher (a HedgeMambaLM); of the given MambaLM only its "
                       "chunk_size is used")
         chunk_size = student.layers[0].mixer.chunk_size
+    check_range('stage1_share', stage1_share, 0, 1, hi_open=True); check_range('attn_ce', attn_ce, 0)
+    check_range('chunk_size', chunk_size, 1, kind=int)
     st = student if isinstance(student, HedgeMambaLM) else hedgehog_to_mamba2_(linearize(teacher, chunk_size), chunk_size, A_log)
     mixers = [a.mixer for a in st.mixers]
     dm = DistillModule(teacher, st, ['hh_cos', 'hh_attn_ce', 'ce'])
@@ -259,7 +261,6 @@ def _hedgemamba(name, teacher, student, stage1_share, attn_ce, chunk_size, A_log
     rest = Params('student.', exclude=[m for m in st.modules() if isinstance(m, nn.Embedding)], label='student but embeddings')
     stages = [Stage('mamba', rest, {'ce': 1.0}, share=1 - stage1_share)]
     if stage1_share:
-        check_range('stage1_share', stage1_share, 0, 1, hi_open=True); check_range('attn_ce', attn_ce, 0)
         stages.insert(0, Stage('hedgehog', maps, {'hh_cos': 1.0, **({'hh_attn_ce': float(attn_ce)} if attn_ce else {})}, share=stage1_share))
     return Method(name, dm, stages, opts=dict(chunk_size=chunk_size))
 
