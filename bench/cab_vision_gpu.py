@@ -54,7 +54,7 @@ def main(argv=None):
     module.active_terms = set().union(*(s.losses for s in method.stages))
     opt = torch.optim.AdamW(params, lr=1e-4)
     weights = method.stages[0].losses
-    x = torch.randn(batch, 3, size, size, device=dev); y = torch.randint(0, 10, (batch,), device=dev)
+    x = torch.randn(batch, 3, size, size, device=dev); y = torch.randint(0, student.num_classes, (batch,), device=dev)
     ac = torch.autocast("cuda", dtype=torch.bfloat16) if dev == "cuda" else torch.autocast("cpu", enabled=False)
     def step():
         with ac:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .core import CabError, bad_value, check_choice, check_range, resolve_device, seed_everything
+from .core import CabError, bad_value, check_choice, resolve_device, seed_everything
 
 # %% auto #0
 __all__ = ['DistillConfig', 'evaluate_logits', 'prepare', 'run']
@@ -183,8 +183,8 @@ def run(cfg:DistillConfig|dict)->dict:
     run_dir = Path(cfg.out_dir) / cfg.run_name
     saved = run_dir / "config.json"
     if saved.exists():
-        old = json.loads(saved.read_text())
-        diff = sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != json.loads(json.dumps(cfg.to_dict(), default=str)).get(k))
+        old, new = json.loads(saved.read_text()), json.loads(json.dumps(cfg.to_dict(), default=str))
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff: raise CabError(f"run_name={cfg.run_name!r} exists in {run_dir} with other settings ({', '.join(diff)}); "
                                 "choose another run_name or out_dir.")
         if (run_dir / "metrics.json").exists(): return json.loads((run_dir / "metrics.json").read_text())

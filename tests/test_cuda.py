@@ -3,8 +3,6 @@
 Run on a machine with a CUDA device (and mamba-ssm built for it): `pytest -m cuda tests/test_cuda.py`.
 Tests that need the kernels skip with the import error when mamba-ssm is not usable.
 """
-import math
-
 import pytest
 import torch
 

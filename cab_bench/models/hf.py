@@ -5,14 +5,10 @@
 # %% ../../nbs/23_models.hf.ipynb #c16ed549
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-
 from ..core import CabError
-from .mamba import Mamba1Mixer, Mamba2Mixer
+from .mamba import Mamba1Mixer
 from .students import MambaLM
 
 # %% auto #0

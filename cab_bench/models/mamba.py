@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ from timm.layers import DropPath
 
 from ..core import CabError, check_choice
 from ..ops import (selective_scan, selective_scan_step, ssd_scan, ssd_step, ssd_matrix, causal_conv1d,
-                           causal_conv1d_step, prep_dt, segsum)
+                           causal_conv1d_step, prep_dt)
 
 # %% auto #0
 __all__ = ['up', 'RMSNorm', 'GatedRMSNorm', 'no_weight_decay', 'inv_softplus', 'dt_bias_init', 'Mamba1Mixer', 'Mamba2Mixer',
@@ -196,8 +196,7 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(E, d_model, bias=bias)
 
     def _split(self, zxbcdt):
-        E, G, K = self.d_inner, self.ngroups, self.bc_dim
-        return zxbcdt.split([E, self.conv_dim, self.nheads], -1)
+        return zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], -1)
 
     def _ssm_inputs(self, xBC):
         "Split the conv output into x (.., H, P) and mapped B, C (.., G, N)."

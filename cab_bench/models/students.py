@@ -11,11 +11,10 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import trunc_normal_
 
 from ..core import CabError, bad_value
-from .mamba import Block, Mamba1Mixer, Mamba2Mixer, RMSNorm, no_weight_decay, up
+from .mamba import Block, Mamba1Mixer, Mamba2Mixer, RMSNorm, no_weight_decay
 
 # %% auto #0
 __all__ = ['MIXERS', 'STUDENTS', 'StudentOutput', 'Vim', 'MambaLM', 'register_student', 'create_student', 'vim_tiny_patch16_224',

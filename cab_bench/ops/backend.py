@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..core import CabError, bad_value, check_choice
+from ..core import CabError, check_choice
 
 # %% auto #0
 __all__ = ['BACKENDS', 'KERNELS', 'kernel', 'use_backend', 'pick_backend', 'backend_report']
