@@ -1,0 +1,147 @@
+"""The benchmark suite in one command: ops, distillation steps (language, vision), generation, then SUMMARY.md.
+
+    python bench/run_all.py                          # GPU: full configuration, results in bench/results/
+    python bench/run_all.py --smoke                  # tiny CPU configuration (also chosen when torch sees no CUDA device)
+    python bench/run_all.py --only ops,gen --out /tmp/b
+
+Each section has a wall-clock cap (its share of `--budget`) and writes `<out>/<section>.json` after every point, so a
+killed run keeps what it measured; `<out>/run.json` records the command, the pre-warm and each section's status, and
+`<out>/SUMMARY.md` is regenerated from the JSON files at the end (`python bench/summary.py <out>` does it alone).
+Works from a plain checkout: the repository root is put on `sys.path` (no `pip install -e .` needed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+import benchlib
+from benchlib import ROOT, environment, log, write_json
+
+SECTIONS = ("ops", "step", "vision", "gen")
+# seconds per section on the GPU (sum 6.3 min; each includes the autotuning benchmarks of its first kernel calls)
+# and in the CPU smoke configuration
+CAPS = dict(full=dict(ops=90, step=150, vision=40, gen=100), smoke=dict(ops=20, step=30, vision=20, gen=20))
+PREWARM_CAP = dict(full=240, smoke=90)
+WARM_FAMILIES = dict(ops=("ops",), step=("lm", "hedgehog"), vision=(), gen=("lm",))
+
+
+def prewarm(sections, smoke:bool, cap_s:float)->dict:
+    "Compile the Triton kernels the sections will call, one process per family at once (the smoke run: one process)."
+    fams = sorted({f for s in sections for f in WARM_FAMILIES[s]})
+    if not fams: return dict(status="nothing to warm")
+    if not smoke:
+        from cab_bench.ops import kernel
+        fn, why = kernel("ssd_scan")
+        if fn is None: return dict(status=f"skipped: no Triton kernels to compile ({why})")
+    groups = [fams] if smoke else [[f] for f in fams]
+    t0, procs = time.monotonic(), []
+    logs = Path(tempfile.mkdtemp(prefix="cab_bench_warm_"))
+    for g in groups:
+        name = "+".join(g)
+        out = open(logs / f"{name}.log", "w")
+        cmd = [sys.executable, str(Path(__file__).with_name("warm.py")), ",".join(g)] + (["--smoke"] if smoke else [])
+        procs.append((name, subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT), out))
+    res = dict(families={})
+    for name, p, out in procs:
+        try: rc = p.wait(timeout=max(1.0, cap_s - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            p.kill(); p.wait(); rc = "killed at the pre-warm cap"
+        out.close()
+        text = (logs / f"{name}.log").read_text()
+        last = text.strip().splitlines()[-1] if text.strip() else ""
+        ok = rc == 0 and last.startswith("{")
+        res["families"][name] = json.loads(last) if ok else dict(rc=rc, tail=text[-1500:])
+    res["wall_s"] = round(time.monotonic() - t0, 1)
+    res["status"] = "ok" if all(isinstance(v, dict) and "rc" not in v for v in res["families"].values()) else "failed (sections autotune themselves)"
+    return res
+
+
+def main(argv=None)->int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (automatic without a CUDA device)")
+    ap.add_argument("--out", default=None, help="result folder (default bench/results, smoke: bench/results/smoke)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
+    ap.add_argument("--profile", dest="profile", action="store_true", default=True,
+                    help="torch.profiler of one soft_kd, CAB and MOHAWK stage-1 step at the reference length (default on)")
+    ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--no-prewarm", action="store_true", help="let each section autotune the Triton kernels itself")
+    ap.add_argument("--budget", type=float, default=None, help="seconds for all sections together (split in the default proportions)")
+    ap.add_argument("--strict", action="store_true", help="an error at any point stops the run (default in the smoke run)")
+    a = ap.parse_args(argv)
+    smoke = a.smoke or not torch.cuda.is_available()
+    if smoke and not a.smoke: log("no CUDA device: running the smoke configuration")
+    strict = a.strict or smoke
+    benchlib.configure(smoke)
+    out = Path(a.out) if a.out else ROOT / "bench" / "results" / ("smoke" if smoke else "")
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [s.strip() for s in a.only.split(",") if s.strip()]
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad: ap.error(f"--only: unknown section(s) {bad}; choose from {','.join(SECTIONS)}")
+    caps = dict(CAPS["smoke" if smoke else "full"])
+    if a.budget:
+        scale = a.budget / sum(caps[s] for s in sections)
+        caps = {k: v * scale for k, v in caps.items()}
+    t0 = time.monotonic()
+    env = environment()
+    run = dict(command=" ".join(["python", "bench/run_all.py", *(argv if argv is not None else sys.argv[1:])]), smoke=smoke,
+               out=str(out), started=env["timestamp"], status="running", caps_s=caps, sections={}, prewarm=None, wall_s=None)
+    run_path = out / "run.json"
+    write_json(run_path, dict(run, env=env))
+    log(f"cab_bench suite: {'SMOKE' if smoke else 'full'} on {env['device']}, commit {env['commit']}, out {out}")
+    if not a.no_prewarm:
+        log("pre-warming Triton kernels ...")
+        run["prewarm"] = prewarm(sections, smoke, PREWARM_CAP["smoke" if smoke else "full"])
+        log(f"pre-warm: {json.dumps(run['prewarm'])[:400]}")
+        write_json(run_path, dict(run, env=env))
+    failed = False
+    for s in sections:
+        ts = time.monotonic()
+        log(f"--- {s} (cap {caps[s]:.0f} s)")
+        try:
+            if s == "ops":
+                import bench_ops
+                r = bench_ops.run(out / "ops.json", env, smoke, caps[s], strict)
+            elif s == "step":
+                import bench_step
+                r = bench_step.run_lm(out / "step.json", env, smoke, caps[s], strict, do_profile=a.profile)
+            elif s == "vision":
+                import bench_step
+                r = bench_step.run_vision(out / "vision.json", env, smoke, caps[s], strict)
+            else:
+                import bench_gen
+                r = bench_gen.run(out / "gen.json", env, smoke, caps[s], strict)
+            errors = [x for x in r["skipped"] if x["why"].startswith("error")]
+            failed |= bool(errors)
+            run["sections"][s] = dict(status=r["status"] + (f", {len(errors)} point(s) failed" if errors else ""),
+                                      wall_s=round(time.monotonic() - ts, 1), warmup_s=r.get("warmup_s"), points=len(r["results"]),
+                                      not_measured=len(r["skipped"]))
+        except Exception as e:
+            failed = True
+            run["sections"][s] = dict(status=f"error: {type(e).__name__}: {e}", wall_s=round(time.monotonic() - ts, 1),
+                                      traceback=traceback.format_exc()[-3000:])
+            log(run["sections"][s]["traceback"])
+            if strict: break
+        finally:
+            benchlib.free_memory()
+        write_json(run_path, dict(run, env=env))
+    import summary
+    run.update(status="failed" if failed else "complete", wall_s=round(time.monotonic() - t0, 1))
+    write_json(run_path, dict(run, env=env))
+    p = summary.write(out)
+    log(f"done in {run['wall_s']:.0f} s: {p}")
+    md = p.read_text()
+    i = md.find("## Targets")
+    if i >= 0: print(md[i:md.find("\n## ", i + 5)], flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
