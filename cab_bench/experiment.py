@@ -10,6 +10,7 @@ import difflib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from .core import CabError, bad_value, check_choice, resolve_device, seed_everything
 
 # %% auto #0
-__all__ = ['DistillConfig', 'evaluate_logits', 'student_task', 'prepare', 'run']
+__all__ = ['DistillConfig', 'evaluate_logits', 'announce', 'repeat_to', 'student_task', 'prepare', 'run']
 
 # %% ../nbs/70_experiment.ipynb #cb67c518
 @dataclass
@@ -153,6 +154,24 @@ def _student_overrides(cfg:DistillConfig, teacher, bundle)->dict:
         o.update(vocab_size=teacher.vocab_size)
     return {**o, **cfg.student_opts}
 
+def announce(text:str):
+    "Print `text`; inside a kernel that papermill started, also to the terminal papermill runs in."
+    print(text)
+    fd = getattr(sys.stderr, "_original_stdstream_copy", None)   # ipykernel keeps the terminal's stderr here
+    if isinstance(fd, int):
+        try: os.write(fd, (text + "\n").encode())
+        except OSError: pass
+
+def repeat_to(ds, n:int):
+    """`ds` itself when it holds at least `n` items, else `ds` repeated whole (k times) until it does.
+
+    At 1% of a small data set the subset can be smaller than one batch (10 digits images for a batch of 64); each
+    batch then holds every kept item about n / len(ds) times, which is what sampling a batch from so few items means.
+    The number of *distinct* items, and their hash, stay those of the subset."""
+    k = math.ceil(n / len(ds))
+    if k <= 1: return ds
+    return torch.utils.data.Subset(ds, [i % len(ds) for i in range(k * len(ds))])
+
 def student_task(name:str)->str:
     "'vision' or 'language': the task a registered student serves (built on the meta device: no memory, no time)."
     from cab_bench.models import create_student
@@ -180,7 +199,8 @@ def prepare(cfg:DistillConfig)->dict:
     sub = subset(bundle.train, cfg.data_frac, cfg.seed)
     student = create_student(cfg.student, **_student_overrides(cfg, teacher, bundle))
     method = build_method(cfg.method, teacher, student, **cfg.method_opts)
-    return dict(teacher=teacher, student=student, bundle=bundle, subset=sub, method=method, device=device)
+    return dict(teacher=teacher, student=student, bundle=bundle, subset=sub, train=repeat_to(sub, cfg.batch_size),
+                method=method, device=device)
 
 def run(
     cfg:DistillConfig|dict,
@@ -206,7 +226,7 @@ def run(
                        grad_accum=cfg.grad_accum, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_frac=cfg.warmup_frac,
                        clip_grad=cfg.clip_grad, eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, seed=cfg.seed,
                        device=cfg.device, precision=cfg.precision, num_workers=cfg.num_workers, out_dir=str(run_dir / "train"))
-    res = train(p["method"].module, p["method"].stages, p["subset"], p["bundle"].val, tcfg)
+    res = train(p["method"].module, p["method"].stages, p["train"], p["bundle"].val, tcfg)
     metric = "top1" if cfg.task == "vision" else "ppl"
     teacher_eval = None
     if cfg.eval_teacher:
@@ -218,7 +238,7 @@ def run(
                    student=res.final_eval.get(metric), teacher=None if teacher_eval is None else teacher_eval[metric],
                    student_eval=res.final_eval, teacher_eval=teacher_eval,
                    data=dict(spec=cfg.data, description=p["bundle"].description, frac=cfg.data_frac,
-                             effective_frac=sub.effective_frac, n_train=len(sub), n_val=len(p["bundle"].val),
+                             effective_frac=sub.effective_frac, n_train=len(sub), repeats=len(p["train"]) // len(sub), n_val=len(p["bundle"].val),
                              subset_sha256=sub.sha256),
                    stages=res.stage_losses, stage_evals=res.stage_evals, evals=res.evals, steps=res.steps,
                    stage_steps=res.stage_steps, wall_time=res.wall_time, run_time=time.time() - t0, device=res.device,

@@ -136,9 +136,9 @@ LANGUAGE_TEACHER = dict(n_embd=128, n_layer=4, n_head=4, n_positions=1024, vocab
 
 def pretrain_language_teacher(
     out_dir,                    # folder for the transformers save_pretrained files, the tokenizer and provenance.json
-    steps:int=4000,
-    batch_size:int=32,
-    seq_len:int=256,
+    steps:int=2000,
+    batch_size:int=16,
+    seq_len:int=128,
     lr:float=3e-3,
     weight_decay:float=0.1,
     seed:int=0,
@@ -172,7 +172,7 @@ def pretrain_language_teacher(
     for step in (bar := tqdm(range(steps), desc="language teacher", disable=not progress)):
         starts = torch.randint(0, len(tokens) - seq_len - 1, (batch_size,), generator=g)
         blk = tokens[starts[:, None] + offs]
-        logits = model(blk[:, :-1]).logits
+        logits = model(blk[:, :-1], attention_mask=torch.ones_like(blk[:, :-1])).logits
         loss = F.cross_entropy(logits.flatten(0, 1), blk[:, 1:].flatten())
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); sched.step()

@@ -127,10 +127,11 @@ class MambaLM(nn.Module):
     def head_logits(self, h:torch.Tensor)->torch.Tensor:
         return self.lm_head(self.backbone.norm_f(h).to(self.lm_head.weight.dtype))
 
-    def forward(self, input_ids, return_bc:bool=False, return_hidden:bool=False, caches:list|None=None)->StudentOutput:
-        "Logits (b, l, vocab); `caches` (a list of dicts, one per layer) is filled for generation."
+    def forward(self, input_ids, return_bc:bool=False, return_hidden:bool=False, caches:list|None=None,
+                last_only:bool=False)->StudentOutput:
+        "Logits (b, l, vocab), or (b, 1, vocab) of the last position with `last_only`; `caches` (one dict per layer) is filled for generation."
         h, bcs, hs = _run_layers(self.layers, self.embed(input_ids), return_bc, return_hidden, caches)
-        return StudentOutput(self.head_logits(h), bcs, hs)
+        return StudentOutput(self.head_logits(h[:, -1:] if last_only else h), bcs, hs)
 
     def step(self, token:torch.Tensor, caches:list)->torch.Tensor:
         "Logits (b, vocab) for one new token (b,) given the caches; advances them."
@@ -150,7 +151,7 @@ class MambaLM(nn.Module):
     ):
         "Continue `input_ids` with the recurrent state cache; returns (b, l + new) ids (and logits)."
         caches = [{} for _ in self.layers]
-        logits = self(input_ids, caches=caches).logits[:, -1]
+        logits = self(input_ids, caches=caches, last_only=True).logits[:, -1]    # (b, vocab): no (b, l, vocab) tensor
         out, all_logits, done = [input_ids], [], torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
             all_logits.append(logits)
@@ -162,7 +163,7 @@ class MambaLM(nn.Module):
             if eos_token_id is not None:
                 nxt = nxt.masked_fill(done, eos_token_id); done |= nxt == eos_token_id
             out.append(nxt[:, None])
-            if eos_token_id is not None and done.all(): break
+            if len(out) - 1 == max_new_tokens or (eos_token_id is not None and done.all()): break
             logits = self.step(nxt, caches)
         ids = torch.cat(out, 1)
         return (ids, torch.stack(all_logits, 1)) if return_logits else ids
