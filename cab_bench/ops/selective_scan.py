@@ -111,19 +111,60 @@ def chunk_bounds(
         if acc > thr or t - t0 >= max_len: bounds.append((t0, t)); t0, acc = t, 0.0
     return bounds + [(t0, len(w))]
 
-def _chunk_states(u, delta, A, B, s, g, h_in):
-    "States of the steps in slice `s`: returns dt (b,d,T), e = exp(A Q) and dBu, h (all (b,d,T,N))."
-    b, d, _ = u.shape
-    dt = delta[:, :, s]                                              # (b, d, T)
-    T = dt.shape[-1]
+def _chunk_states(u, dt, A, B, g, h_in):
+    "States of one chunk (u, dt (b,d,T); B (b|1,G,T|1,N)): returns e = exp(A Q), dBu and h (all (b,d,T,N))."
+    b, d, T = u.shape
     Q = dt.cumsum(-1) - dt[..., :1]                                  # steps after the chunk's first
     e = torch.exp(Q.unsqueeze(-1) * A[:, None, :])                   # (b, d, T, N), in (0, 1]
-    Bs = B[:, :, s] if B.shape[2] > 1 else B                         # (b|1, G, T|1, N)
-    dBu = ((dt * u[:, :, s]).view(b, g, d // g, T, 1) * Bs.unsqueeze(2)).view(b, d, T, -1)
+    dBu = ((dt * u).view(b, g, d // g, T, 1) * B.unsqueeze(2)).view(b, d, T, -1)
     x = dBu / e
     x[:, :, 0] += torch.exp(dt[:, :, 0, None] * A) * h_in            # e_0 = 1
     h = x.cumsum(2).mul_(e)
-    return dt, e, dBu, h
+    return e, dBu, h
+
+def _chunk_fwd(u, dt, A, B, C, h_in, g:int):
+    "One chunk forward: y (b,d,T) and the last state (b,d,N)."
+    b, d, T = u.shape
+    hs = _chunk_states(u, dt, A, B, g, h_in)[-1]
+    y = (hs.view(b, g, d // g, T, -1) * C.unsqueeze(2)).sum(-1).view(b, d, T)
+    return y, hs[:, :, -1].clone()
+
+def _chunk_bwd(u, dt, A, B, C, h_in, gy, carry, g:int):
+    "One chunk backward: gu, gdt (b,d,T), gA (d,N), gB, gC (b,G,T,N) and dLoss/dh entering the chunk."
+    b, d, T = u.shape
+    N = A.shape[1]
+    e, dBu, hs = _chunk_states(u, dt, A, B, g, h_in)
+    # adjoint g_t = C_t gy_t + A_bar_{t+1} g_{t+1} (the next chunk's part enters at the end), closed form:
+    # g_t = e_t^-1 * sum_{t' >= t} e_t' r_t'
+    r = (gy.view(b, g, d // g, T, 1) * C.unsqueeze(2)).reshape(b, d, T, N)
+    r[:, :, -1] += carry
+    gh = r.mul_(e).flip(2).cumsum(2).flip(2).div_(e)
+    gC = (gy.view(b, g, d // g, T, 1) * hs.view(b, g, d // g, T, N)).sum(2)
+    gx = gh * (hs - dBu)                                             # g_t * A_bar_t h_{t-1}: dLoss/d(dt_t A)
+    gA = (gx * dt[..., None]).sum((0, 2))
+    ghB = (gh.view(b, g, d // g, T, N) * B.unsqueeze(2)).sum(-1).view(b, d, T)   # sum_N g_t B_t
+    gdt = (gx * A[:, None, :]).sum(-1) + ghB * u
+    gu = ghB * dt
+    gB = (gh.view(b, g, d // g, T, N) * (dt * u).view(b, g, d // g, T, 1)).sum(2)
+    return gu, gdt, gA, gB, gC, gh[:, :, 0] * torch.exp(dt[:, :, 0, None] * A)
+
+_COMPILED = {}
+def _chunk_fns(device:torch.device)->tuple:
+    """The chunk functions: on CUDA compiled by `torch.compile` (inductor fuses each chunk's elementwise work and
+    scans into a few kernels) unless `CAB_BENCH_COMPILE=0`; eager elsewhere. Same arithmetic either way."""
+    import os
+    if device.type != "cuda" or os.environ.get("CAB_BENCH_COMPILE", "1") == "0": return _chunk_fwd, _chunk_bwd
+    if not _COMPILED:
+        _COMPILED.update(fwd=torch.compile(_chunk_fwd, dynamic=True), bwd=torch.compile(_chunk_bwd, dynamic=True))
+    return _COMPILED["fwd"], _COMPILED["bwd"]
+
+def _sl(M, s):
+    "Chunk slice of a B/C tensor (b|1, G, L|1, N) along L (a length-1 L broadcasts), contiguous."
+    return (M[:, :, s] if M.shape[2] > 1 else M).detach().contiguous()
+
+def _cs(x, s):
+    "Contiguous chunk slice of a (b, d, L) tensor: copies of the small tensors give the compiled chunk functions one layout (no recompiles per chunk offset)."
+    return x[:, :, s].detach().contiguous()
 
 class _ChunkedScan(torch.autograd.Function):
     "Selective scan core (no D, z, bias): y_t = C_t . h_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t."
@@ -131,50 +172,35 @@ class _ChunkedScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, h0, max_len:int):
         b, d, l = u.shape
         g, N = B.shape[1], A.shape[1]
+        fwd, _ = _chunk_fns(u.device)
         y = u.new_empty(b, d, l)
         h = u.new_zeros(b, d, N) if h0 is None else h0
         bounds, starts = chunk_bounds(delta, A, max_len), []
         for t0, t1 in bounds:
             s = slice(t0, t1)
             starts.append(h)
-            hs = _chunk_states(u, delta, A, B, s, g, h)[-1]          # (b, d, T, N)
-            Cs = C[:, :, s] if C.shape[2] > 1 else C
-            y[:, :, s] = (hs.view(b, g, d // g, t1 - t0, N) * Cs.unsqueeze(2)).sum(-1).view(b, d, -1)
-            h = hs[:, :, -1].clone()
-        ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
+            y[:, :, s], h = fwd(_cs(u, s), _cs(delta, s), A.detach(), _sl(B, s), _sl(C, s), h.detach(), g)
+        ctx.save_for_backward(u, delta, A, B, C, *starts)           # each chunk's entering state, (b, d, N)
         ctx.bounds, ctx.h0_given = bounds, h0 is not None
         return y, h
 
     @staticmethod
     def backward(ctx, gy, gh_last):
-        u, delta, A, B, C, starts = ctx.saved_tensors
+        u, delta, A, B, C, *starts = ctx.saved_tensors
         b, d, l = u.shape
         g, N = B.shape[1], A.shape[1]
+        _, bwd = _chunk_fns(u.device)
         gu, gdelta, gA = torch.zeros_like(u), torch.zeros_like(delta), torch.zeros_like(A)
         gB = torch.zeros(b, g, l, N, dtype=u.dtype, device=u.device)  # per step; reduced below for broadcast B/C
         gC = torch.zeros_like(gB)
         gy = u.new_zeros(b, d, l) if gy is None else gy.to(u.dtype)
-        carry = u.new_zeros(b, d, N) if gh_last is None else gh_last.to(u.dtype)  # dLoss/dh at the chunk's end
+        carry = u.new_zeros(b, d, N) if gh_last is None else gh_last.to(u.dtype).contiguous()  # dLoss/dh at the chunk's end
         for ci in reversed(range(len(ctx.bounds))):
-            t0, t1 = ctx.bounds[ci]; s = slice(t0, t1); Tc = t1 - t0
-            dt, e, dBu, hs = _chunk_states(u, delta, A, B, s, g, starts[ci])
-            Cs = C[:, :, s] if C.shape[2] > 1 else C
-            Bs = B[:, :, s] if B.shape[2] > 1 else B
-            gys = gy[:, :, s]                                        # (b, d, Tc)
-            # adjoint g_t = C_t gy_t + A_bar_{t+1} g_{t+1} (the next chunk's part enters at the end), closed form:
-            # g_t = e_t^-1 * sum_{t' >= t} e_t' r_t'
-            r = (gys.view(b, g, d // g, Tc, 1) * Cs.unsqueeze(2)).reshape(b, d, Tc, N)
-            r[:, :, -1] += carry
-            gh = r.mul_(e).flip(2).cumsum(2).flip(2).div_(e)
-            gC[:, :, s] = (gys.view(b, g, d // g, Tc, 1) * hs.view(b, g, d // g, Tc, N)).sum(2)
-            gx = gh * (hs - dBu)                                     # g_t * A_bar_t h_{t-1}: dLoss/d(dt_t A)
-            gA += torch.einsum("bdtn,bdt->dn", gx, dt)
-            ghB = (gh.view(b, g, d // g, Tc, N) * Bs.unsqueeze(2)).sum(-1).view(b, d, Tc)  # sum_N g_t B_t
-            us = u[:, :, s]
-            gdelta[:, :, s] = torch.einsum("bdtn,dn->bdt", gx, A) + ghB * us
-            gu[:, :, s] = ghB * dt
-            gB[:, :, s] = (gh.view(b, g, d // g, Tc, N) * (dt * us).view(b, g, d // g, Tc, 1)).sum(2)
-            carry = gh[:, :, 0] * torch.exp(dt[:, :, 0, None] * A)  # dLoss/dh entering the chunk
+            t0, t1 = ctx.bounds[ci]; s = slice(t0, t1)
+            gu[:, :, s], gdelta[:, :, s], gAc, gBc, gC[:, :, s], carry = bwd(
+                _cs(u, s), _cs(delta, s), A.detach(), _sl(B, s), _sl(C, s), starts[ci].detach(), _cs(gy, s), carry, g)
+            gA += gAc
+            gB[:, :, s] = gBc if gBc.shape[0] == b else gBc.expand(b, -1, -1, -1)
         if B.shape[0] == 1 and b > 1: gB = gB.sum(0, keepdim=True)
         if B.shape[2] == 1: gB = gB.sum(2, keepdim=True)
         if C.shape[0] == 1 and b > 1: gC = gC.sum(0, keepdim=True)
