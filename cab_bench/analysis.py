@@ -22,7 +22,7 @@ from .models.mamba import Mamba1Mixer, Mamba2Mixer, effective_attention
 from .distill.core import layer_map, to_student_tokens
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'COLORS', 'METRIC_NAMES', 'run_problem', 'find_runs', 'Run', 'load_run', 'validation_inputs',
+__all__ = ['RUN_FILES', 'METRICS', 'COLORS', 'METRIC_NAMES', 'run_problem', 'find_runs', 'Run', 'load_run', 'validation_inputs',
            'student_mixers', 'mixer_inputs', 'AttentionMaps', 'attention_maps', 'cosine_similarity',
            'row_distributions', 'js_divergence', 'layer_similarity', 'attention_similarity', 'attention_report',
            'figure_png', 'plot_similarity', 'plot_attention', 'plot_query_rows', 'read_log', 'plot_training']
@@ -217,12 +217,16 @@ def js_divergence(a, b, eps:float=1e-12)->np.ndarray:
     kl = lambda u: (u * np.log2(u / m)).sum(-1)
     return np.clip((kl(p) + kl(q)) / 2, 0, 1).mean(-1)
 
+METRICS = ("cosine", "cosine_abs", "js")
+
 def layer_similarity(maps:AttentionMaps)->dict:
-    "Cosine similarity and JS divergence of every (sample, teacher head) pair, per student layer: arrays (L, b, H)."
-    cos = np.stack([cosine_similarity(maps.teacher[l], maps.paired_student(l)) for l in range(maps.n_layers)])
-    js = np.stack([js_divergence(maps.teacher[l], maps.paired_student(l)) for l in range(maps.n_layers)])
-    return dict(layers=list(range(maps.n_layers)), teacher_layers=list(maps.layer_map), pairing=maps.pairing,
-                mixer=maps.mixer, direction=maps.direction, n_tokens=maps.n_tokens, cosine=cos, js=js)
+    "Cosine similarity (of M and of |M|) and JS divergence of every (sample, teacher head) pair, per student layer: (L, b, H)."
+    L = range(maps.n_layers)
+    cos = np.stack([cosine_similarity(maps.teacher[l], maps.paired_student(l)) for l in L])
+    cos_abs = np.stack([cosine_similarity(np.abs(maps.teacher[l]), np.abs(maps.paired_student(l))) for l in L])
+    js = np.stack([js_divergence(maps.teacher[l], maps.paired_student(l)) for l in L])
+    return dict(layers=list(L), teacher_layers=list(maps.layer_map), pairing=maps.pairing, mixer=maps.mixer,
+                direction=maps.direction, n_tokens=maps.n_tokens, cosine=cos, cosine_abs=cos_abs, js=js)
 
 # %% ../nbs/60_analysis.ipynb #a22b9a7f
 def attention_similarity(
@@ -234,7 +238,7 @@ def attention_similarity(
     "`layer_similarity` of `attention_maps` over many inputs, computed `batch_size` samples at a time."
     check_range("batch_size", batch_size, 1, kind=int)
     parts = [layer_similarity(attention_maps(teacher, student, x[i:i + batch_size], direction)) for i in range(0, len(x), batch_size)]
-    return {**parts[0], "cosine": np.concatenate([p["cosine"] for p in parts], 1), "js": np.concatenate([p["js"] for p in parts], 1)}
+    return {**parts[0], **{m: np.concatenate([p[m] for p in parts], 1) for m in METRICS}}
 
 def attention_report(
     teacher:nn.Module,          # the run's teacher
@@ -250,15 +254,15 @@ def attention_report(
     if x.dtype in (torch.int64, torch.int32) and max_tokens is not None:
         check_range("max_tokens", max_tokens, 1, kind=int); x = x[:, :max_tokens]
     s = attention_similarity(teacher, student, x, direction)
-    f = lambda a: float(np.mean(a))
-    layers = [dict(layer=l, teacher_layer=int(g), cosine_mean=f(s["cosine"][l]), cosine_std=float(np.std(s["cosine"][l])),
-                   js_mean=f(s["js"][l]), js_std=float(np.std(s["js"][l]))) for l, g in zip(s["layers"], s["teacher_layers"])]
+    stats = lambda a: {"_mean": float(np.mean(a)), "_std": float(np.std(a))}
+    layers = [dict(layer=l, teacher_layer=int(g), **{m + k: v for m in METRICS for k, v in stats(s[m][l]).items()})
+              for l, g in zip(s["layers"], s["teacher_layers"])]
     return dict(n_samples=int(x.shape[0]), n_tokens=s["n_tokens"], n_heads=int(s["cosine"].shape[2]), pairing=s["pairing"],
-                mixer=s["mixer"], direction=s["direction"], cosine_mean=f(s["cosine"]), js_mean=f(s["js"]), layers=layers)
+                mixer=s["mixer"], direction=s["direction"], **{m + "_mean": float(np.mean(s[m])) for m in METRICS}, layers=layers)
 
 # %% ../nbs/60_analysis.ipynb #b0602f25
 COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
-METRIC_NAMES = {"cosine": "cosine similarity", "js": "Jensen-Shannon divergence"}
+METRIC_NAMES = {"cosine": "cosine similarity", "cosine_abs": "cosine similarity with |M|", "js": "Jensen-Shannon divergence"}
 
 def figure_png(fig:Figure, dpi:int=90)->bytes:
     "The figure rendered as PNG bytes."
@@ -268,7 +272,7 @@ def figure_png(fig:Figure, dpi:int=90)->bytes:
 
 def plot_similarity(
     sims:dict,                  # a `layer_similarity` / `attention_similarity` dict, or {label: such a dict}
-    metric:str="cosine",        # 'cosine' or 'js'
+    metric:str="cosine",        # 'cosine', 'cosine_abs' or 'js'
     title:str|None=None,
 )->Figure:
     "Per-layer box plot of a similarity metric over samples and heads, runs side by side."
@@ -324,7 +328,8 @@ def plot_attention(
         ax.set_title(t, fontsize=9); ax.set_xlabel("key token"); ax.set_ylabel("query token")
         _tick_tokens(ax, maps.tokens[sample])
         if query is not None: ax.axhline(query, color="red", lw=1.2)
-    fig.suptitle(f"sample {sample}: cosine {float(cosine_similarity(T, S)):.3f}, JS {float(js_divergence(T, S)):.3f}", fontsize=10)
+    fig.suptitle(f"sample {sample}: cosine {float(cosine_similarity(T, S)):.3f}, cosine with |M| "
+                 f"{float(cosine_similarity(T, np.abs(S))):.3f}, JS {float(js_divergence(T, S)):.3f}", fontsize=10)
     return fig
 
 def plot_query_rows(
