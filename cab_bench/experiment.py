@@ -233,6 +233,9 @@ def run(
         t = p["teacher"].to(p["device"])
         teacher_eval = evaluate_logits(lambda x: t(x).logits, p["bundle"].val, cfg.task, cfg.batch_size, p["device"],
                                        "bf16" if p["device"].type == "cuda" and cfg.precision != "fp32" else "fp32")
+    from cab_bench.analysis import attention_report
+    try: attention = attention_report(p["teacher"], p["method"].student, p["bundle"].val)   # seconds on a CPU
+    except CabError as e: attention = dict(error=str(e))                                   # a pair it cannot compare
     sub = p["subset"]
     metrics = dict(task=cfg.task, method=cfg.method, metric=metric,
                    student=res.final_eval.get(metric), teacher=None if teacher_eval is None else teacher_eval[metric],
@@ -241,7 +244,7 @@ def run(
                              effective_frac=sub.effective_frac, n_train=len(sub), repeats=len(p["train"]) // len(sub), n_val=len(p["bundle"].val),
                              subset_sha256=sub.sha256),
                    stages=res.stage_losses, stage_evals=res.stage_evals, evals=res.evals, steps=res.steps,
-                   stage_steps=res.stage_steps, wall_time=res.wall_time, run_time=time.time() - t0, device=res.device,
+                   stage_steps=res.stage_steps, attention=attention, wall_time=res.wall_time, run_time=time.time() - t0, device=res.device,
                    num_processes=res.num_processes, backend_report=backend_report(p["device"]), run_dir=str(run_dir))
     _write_json(run_dir / "metrics.json", metrics)
     return metrics
