@@ -158,9 +158,11 @@ def announce(text:str):
     "Print `text`; inside a kernel that papermill started, also to the terminal papermill runs in."
     print(text)
     fd = getattr(sys.stderr, "_original_stdstream_copy", None)   # ipykernel keeps the terminal's stderr here
-    if isinstance(fd, int):
-        try: os.write(fd, (text + "\n").encode())
-        except OSError: pass
+    try:
+        if isinstance(fd, int): os.write(fd, (text + "\n").encode())
+        elif sys.stderr is not sys.__stderr__ and sys.__stderr__ is not None:   # a kernel that leaves fd 2 alone
+            sys.__stderr__.write(text + "\n"); sys.__stderr__.flush()
+    except (OSError, ValueError): pass
 
 def repeat_to(ds, n:int):
     """`ds` itself when it holds at least `n` items, else `ds` repeated whole (k times) until it does.
