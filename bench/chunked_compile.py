@@ -19,6 +19,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--shape", type=int, nargs=4, default=[128, 384, 197, 16])
+    ap.add_argument("--chunk_elems", type=int, nargs="*", default=[],
+                    help="also time the compiled chunked path with these CAB_BENCH_CHUNK_ELEMS budgets")
     a = ap.parse_args(argv)
     dev = bl.device()
     b, d, l, N = a.shape
@@ -36,8 +38,10 @@ def main(argv=None):
     res, outs = {}, {}
     variants = [("ref", "ref", "1"), ("chunked_eager", "chunked", "0"), ("chunked_compiled", "chunked", "1")]
     if dev.type == "cuda" and cab_bench.ops.kernel("selective_scan")[0] is not None: variants.append(("cuda", "cuda", "1"))
-    for name, path, comp in variants:
+    variants += [(f"chunked_compiled_elems{e}", "chunked", "1", e) for e in a.chunk_elems]
+    for name, path, comp, *elems in variants:
         os.environ["CAB_BENCH_COMPILE"] = comp
+        if elems: os.environ["CAB_BENCH_CHUNK_ELEMS"] = str(elems[0])
         for k in leaf.values(): k.grad = None
         call(path, True)()
         outs[name] = [cab_bench.ops.selective_scan(*(leaf[k] for k in names), True, backend=path).detach()] + [leaf[k].grad.clone() for k in names]

@@ -93,8 +93,10 @@ def auto_chunk(
     l:int,               # sequence length
     device:torch.device,
 )->int:
-    "Longest chunk keeping each (batch, d, T, N) working tensor near 2^26 elements on GPU, 2^22 on CPU."
-    budget = 2**26 if device.type == "cuda" else 2**22
+    "Longest chunk keeping each (batch, d, T, N) working tensor near 2^26 elements on GPU, 2^22 on CPU (`CAB_BENCH_CHUNK_ELEMS` overrides)."
+    import os
+    env = os.environ.get("CAB_BENCH_CHUNK_ELEMS")
+    budget = int(env) if env else 2**26 if device.type == "cuda" else 2**22
     return max(1, min(l, budget // max(rows, 1)))
 
 def chunk_bounds(
