@@ -21,7 +21,7 @@ import torch
 from .core import CabError, bad_value, check_choice, resolve_device, seed_everything
 
 # %% auto #0
-__all__ = ['DistillConfig', 'evaluate_logits', 'announce', 'repeat_to', 'student_task', 'prepare', 'run']
+__all__ = ['DistillConfig', 'evaluate_logits', 'from_root', 'announce', 'repeat_to', 'student_task', 'prepare', 'run']
 
 # %% ../nbs/70_experiment.ipynb #cb67c518
 @dataclass
@@ -153,6 +153,15 @@ def _student_overrides(cfg:DistillConfig, teacher, bundle)->dict:
     else:
         o.update(vocab_size=teacher.vocab_size)
     return {**o, **cfg.student_opts}
+
+def from_root(path)->Path:
+    """A notebook's path setting: absolute as given; relative from the repository root, which is the working
+    directory's parent when a notebook runs inside `nbs/` (JupyterLab) and the working directory otherwise
+    (papermill started from the root)."""
+    p = Path(path).expanduser()
+    if p.is_absolute(): return p
+    cwd = Path.cwd()
+    return (cwd.parent if cwd.name == "nbs" else cwd) / p
 
 def announce(text:str):
     "Print `text`; inside a kernel that papermill started, also to the terminal papermill runs in."

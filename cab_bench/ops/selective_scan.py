@@ -199,10 +199,9 @@ class _ChunkedScan(torch.autograd.Function):
         carry = u.new_zeros(b, d, N) if gh_last is None else gh_last.to(u.dtype).contiguous()  # dLoss/dh at the chunk's end
         for ci in reversed(range(len(ctx.bounds))):
             t0, t1 = ctx.bounds[ci]; s = slice(t0, t1)
-            gu[:, :, s], gdelta[:, :, s], gAc, gBc, gC[:, :, s], carry = bwd(
+            gu[:, :, s], gdelta[:, :, s], gAc, gB[:, :, s], gC[:, :, s], carry = bwd(
                 _cs(u, s), _cs(delta, s), A.detach(), _sl(B, s), _sl(C, s), starts[ci].detach(), _cs(gy, s), carry, g)
             gA += gAc
-            gB[:, :, s] = gBc if gBc.shape[0] == b else gBc.expand(b, -1, -1, -1)
         if B.shape[0] == 1 and b > 1: gB = gB.sum(0, keepdim=True)
         if B.shape[2] == 1: gB = gB.sum(2, keepdim=True)
         if C.shape[0] == 1 and b > 1: gC = gC.sum(0, keepdim=True)
