@@ -9,6 +9,7 @@ import torch
 from cab_bench.core import seed_everything
 from cab_bench.ops import (kernel, backend_report, selective_scan, selective_scan_step, ssd_scan, ssd_step,
                            random_scan_inputs, random_ssd_inputs, use_backend)
+from cab_bench.ops.selective_scan import selective_scan_ref, selective_scan_chunked, default_form
 from cab_bench.models.students import create_student
 
 pytestmark = pytest.mark.cuda
@@ -45,19 +46,32 @@ def test_report_names_cuda_paths():
     assert r["selective_scan"]["path"] == "cuda" and r["ssd_scan"]["path"] == "cuda"
 
 
+@pytest.mark.parametrize("form", ["cumsum", "scan"])
+@pytest.mark.parametrize("bc", ["const", "shared", "grouped"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_chunked_matches_reference_on_gpu(dtype):
+def test_chunked_matches_reference_on_gpu(dtype, bc, form):
+    "Both chunked forms (compiled on the GPU) against the sequential reference: outputs, last state, every gradient."
     seed_everything(0)
-    x = random_scan_inputs(b=2, d=16, l=50, N=8, bc="grouped", dtype=dtype, device=DEV)
-    call = lambda be: lambda a: selective_scan(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"],
-                                                a["delta_bias"], True, initial_state=None, backend=be)
-    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
-    yr, gr = grads(call("ref"), x, names)
-    yc, gc = grads(call("chunked"), x, names)
-    tol = 1e-10 if dtype == torch.float64 else 1e-5
-    assert rel(yc, yr) < tol
-    for k in names:
-        assert rel(gc[k], gr[k]) < tol * 10, k
+    x = random_scan_inputs(b=2, d=16, l=50, N=8, bc=bc, dtype=dtype, device=DEV)
+    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+
+    def call(fn, **kw):
+        def f(a):
+            y, h = fn(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], True, True,
+                      initial_state=a["initial_state"], **kw)
+            return torch.cat([y.flatten(), h.flatten()])
+        return f
+    yr, gr = grads(call(selective_scan_ref), x, names)
+    for T in (None, 7):                                       # one chunk; chunks that do not divide L (padding)
+        yc, gc = grads(call(selective_scan_chunked, form=form, chunk_size=T), x, names)
+        tol = 1e-10 if dtype == torch.float64 else 1e-5
+        assert rel(yc, yr) < tol
+        for k in names:
+            assert rel(gc[k], gr[k]) < tol * 10, (k, T)
+
+
+def test_scan_form_is_default_on_gpu():
+    assert default_form(torch.device(DEV)) == "scan"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -12,8 +12,8 @@ from ..core import CabError
 from .backend import kernel, pick_backend
 
 # %% auto #0
-__all__ = ['SHORT_CPU_LEN', 'compute_dtype', 'selective_scan_ref', 'auto_chunk', 'chunk_bounds', 'selective_scan_chunked',
-           'random_scan_inputs', 'selective_scan_step', 'selective_scan']
+__all__ = ['SCAN_BUCKET', 'SCAN_GPU_ELEMS', 'SHORT_CPU_LEN', 'compute_dtype', 'selective_scan_ref', 'auto_chunk', 'chunk_bounds',
+           'default_form', 'selective_scan_chunked', 'random_scan_inputs', 'selective_scan_step', 'selective_scan']
 
 # %% ../../nbs/11_ops.selective_scan.ipynb #38e91106
 def compute_dtype(t:torch.Tensor)->torch.dtype:
@@ -92,11 +92,12 @@ def auto_chunk(
     rows:int,            # batch * d * N: elements of one time step
     l:int,               # sequence length
     device:torch.device,
+    budget:int|None=None,  # elements of one working tensor; None: 2^26 on GPU, 2^22 on CPU
 )->int:
-    "Longest chunk keeping each (batch, d, T, N) working tensor near 2^26 elements on GPU, 2^22 on CPU (`CAB_BENCH_CHUNK_ELEMS` overrides)."
+    "Longest chunk keeping each (batch, d, T, N) working tensor within `budget` elements (`CAB_BENCH_CHUNK_ELEMS` overrides)."
     import os
     env = os.environ.get("CAB_BENCH_CHUNK_ELEMS")
-    budget = int(env) if env else 2**26 if device.type == "cuda" else 2**22
+    budget = int(env) if env else budget or (2**26 if device.type == "cuda" else 2**22)
     return max(1, min(l, budget // max(rows, 1)))
 
 def chunk_bounds(
@@ -208,23 +209,173 @@ class _ChunkedScan(torch.autograd.Function):
         if C.shape[2] == 1: gC = gC.sum(2, keepdim=True)
         return gu, gdelta, gA, gB, gC, (carry if ctx.h0_given else None), None
 
+# %% ../../nbs/11_ops.selective_scan.ipynb #5717c626
+SCAN_BUCKET = 16
+
+def _scan_available()->str:
+    "Empty when torch's `associative_scan` (with `combine_mode`) is importable, else why not."
+    try:
+        import inspect
+        from torch._higher_order_ops.associative_scan import associative_scan
+        return "" if "combine_mode" in inspect.signature(associative_scan).parameters else "associative_scan lacks combine_mode (torch too old)"
+    except Exception as e: return f"associative_scan is not importable ({type(e).__name__}: {e})"
+
+def _affine(x, y):
+    "Compose affine maps h -> a h + b: first x = (a1, b1), then y = (a2, b2)."
+    a1, b1 = x
+    a2, b2 = y
+    return a2 * a1, a2 * b1 + b2
+
+def _scan(a, b, reverse:bool=False):
+    "All prefix compositions along the last dim (suffix ones with `reverse`): the states h_t (or adjoints g_t)."
+    from torch._higher_order_ops.associative_scan import associative_scan
+    return associative_scan(_affine, (a, b), dim=a.dim() - 1, reverse=reverse, combine_mode="pointwise")[1]
+
+def _scan_terms(u, dt, A, B, h_in, g:int):
+    "a = exp(dt A) and b = dt u B (+ a_0 h_in at the first step), both (b, d, N, T); B is (b, G, N, T)."
+    b, d, T = u.shape
+    N = A.shape[1]
+    a = torch.exp(dt[:, :, None, :] * A[:, :, None])
+    x = ((dt * u).view(b, g, d // g, 1, T) * B.unsqueeze(2)).view(b, d, N, T)
+    x = torch.cat([x[..., :1] + a[..., :1] * h_in[..., None], x[..., 1:]], -1)
+    return a, x
+
+def _scan_fwd(u, dt, A, B, C, h_in, g:int):
+    "One chunk forward, scan form: y (b, d, T) and the last state (b, d, N)."
+    b, d, T = u.shape
+    N = A.shape[1]
+    h = _scan(*_scan_terms(u, dt, A, B, h_in, g))
+    y = (h.view(b, g, d // g, N, T) * C.unsqueeze(2)).sum(3).view(b, d, T)
+    return y, h[..., -1]
+
+def _scan_bwd(u, dt, A, B, C, h_in, gy, carry, g:int):
+    "One chunk backward, scan form: gu, gdt (b,d,T), gA (d,N), gB, gC (b,G,N,T) and dLoss/dh entering the chunk."
+    b, d, T = u.shape
+    N = A.shape[1]
+    a, x = _scan_terms(u, dt, A, B, h_in, g)
+    h = _scan(a, x)
+    h_prev = torch.cat([h_in[..., None], h[..., :-1]], -1)
+    r = (gy.view(b, g, d // g, 1, T) * C.unsqueeze(2)).view(b, d, N, T)
+    r = torch.cat([r[..., :-1], r[..., -1:] + carry[..., None]], -1)          # the next chunk's adjoint enters at the end
+    gh = _scan(torch.cat([a[..., 1:], torch.ones_like(a[..., :1])], -1), r, reverse=True)
+    gx = gh * a * h_prev                                                       # dLoss/d(dt_t A)
+    dtu = dt * u
+    ghB = (gh.view(b, g, d // g, N, T) * B.unsqueeze(2)).sum(3).view(b, d, T)  # sum_N g_t B_t
+    gdt = (gx * A[:, :, None]).sum(2) + ghB * u
+    gB = (gh * dtu[:, :, None, :]).view(b, g, d // g, N, T).sum(2)
+    gC = (gy[:, :, None, :] * h).view(b, g, d // g, N, T).sum(2)
+    return ghB * dt, gdt, (gx * dt[:, :, None, :]).sum((0, 3)), gB, gC, gh[..., 0] * a[..., 0]
+
+_SCAN_COMPILED = {}
+def _scan_fns(device:torch.device)->tuple:
+    "The scan-form chunk functions: compiled for CUDA (static shapes; see `SCAN_BUCKET`) unless `CAB_BENCH_COMPILE=0`."
+    import os
+    if device.type != "cuda" or os.environ.get("CAB_BENCH_COMPILE", "1") == "0": return _scan_fwd, _scan_bwd
+    if not _SCAN_COMPILED:
+        _SCAN_COMPILED.update(fwd=torch.compile(_scan_fwd, dynamic=False), bwd=torch.compile(_scan_bwd, dynamic=False))
+    return _SCAN_COMPILED["fwd"], _SCAN_COMPILED["bwd"]
+
+def _recompile_room():
+    "Room for one compiled variant per shape a process meets (layers, train/eval batches), above dynamo's default 8."
+    import torch._dynamo as dyn
+    key = "recompile_limit" if hasattr(dyn.config, "recompile_limit") else "cache_size_limit"
+    return dyn.config.patch(**{key: max(64, getattr(dyn.config, key))})
+
+def _scan_chunks(l:int, cap:int)->tuple[int, int]:
+    "(number of chunks, padded chunk length): equal chunks of at most ~`cap` steps, each a multiple of `SCAN_BUCKET`."
+    n = -(-l // max(cap, 1))
+    T = -(-l // n)
+    return n, -(-T // SCAN_BUCKET) * SCAN_BUCKET
+
+def _pad_last(x:torch.Tensor, n:int)->torch.Tensor:
+    return x if n == 0 else F.pad(x, (0, n))
+
+class _ScanChunked(torch.autograd.Function):
+    "Selective scan core in the scan form (no D, z, bias); inputs as `_ChunkedScan`'s, B/C in (b|1, G, L|1, N)."
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, max_len:int):
+        b, d, l = u.shape
+        G, N = B.shape[1], A.shape[1]
+        n, T = _scan_chunks(l, max_len)
+        pad = n * T - l
+        tl = lambda M: _pad_last(M.detach().expand(b, G, l, N).transpose(-1, -2), pad)   # (b, G, N, L + pad)
+        up, dp, Bp, Cp = _pad_last(u.detach(), pad), _pad_last(delta.detach(), pad), tl(B), tl(C)
+        fwd, _ = _scan_fns(u.device)
+        y = u.new_empty(b, d, n * T)
+        h = u.new_zeros(b, d, N) if h0 is None else h0.detach()
+        starts = []
+        with _recompile_room():
+            for i in range(n):
+                s = slice(i * T, (i + 1) * T)
+                starts.append(h)
+                y[:, :, s], h = fwd(up[:, :, s].contiguous(), dp[:, :, s].contiguous(), A.detach(),
+                                    Bp[..., s].contiguous(), Cp[..., s].contiguous(), h.contiguous(), G)
+        ctx.save_for_backward(u, delta, A, B, C, *starts)
+        ctx.T, ctx.h0_given = T, h0 is not None
+        return y[:, :, :l], h
+
+    @staticmethod
+    def backward(ctx, gy, gh_last):
+        u, delta, A, B, C, *starts = ctx.saved_tensors
+        b, d, l = u.shape
+        G, N = B.shape[1], A.shape[1]
+        T, n = ctx.T, len(starts)
+        pad = n * T - l
+        tl = lambda M: _pad_last(M.expand(b, G, l, N).transpose(-1, -2), pad)
+        up, dp, Bp, Cp = _pad_last(u, pad), _pad_last(delta, pad), tl(B), tl(C)
+        gyp = _pad_last(u.new_zeros(b, d, l) if gy is None else gy.to(u.dtype), pad)
+        _, bwd = _scan_fns(u.device)
+        gu, gdelta = torch.empty_like(up), torch.empty_like(dp)
+        gA = torch.zeros_like(A)
+        gB, gC = u.new_empty(b, G, N, n * T), u.new_empty(b, G, N, n * T)
+        carry = u.new_zeros(b, d, N) if gh_last is None else gh_last.to(u.dtype).contiguous()
+        with _recompile_room():
+            for i in reversed(range(n)):
+                s = slice(i * T, (i + 1) * T)
+                gu[:, :, s], gdelta[:, :, s], gAc, gB[..., s], gC[..., s], carry = bwd(
+                    up[:, :, s].contiguous(), dp[:, :, s].contiguous(), A, Bp[..., s].contiguous(),
+                    Cp[..., s].contiguous(), starts[i].contiguous(), gyp[:, :, s].contiguous(), carry, G)
+                gA += gAc
+        gB, gC = (M[..., :l].transpose(-1, -2) for M in (gB, gC))                 # (b, G, L, N)
+        if B.shape[0] == 1 and b > 1: gB = gB.sum(0, keepdim=True)
+        if B.shape[2] == 1: gB = gB.sum(2, keepdim=True)
+        if C.shape[0] == 1 and b > 1: gC = gC.sum(0, keepdim=True)
+        if C.shape[2] == 1: gC = gC.sum(2, keepdim=True)
+        return gu[:, :, :l], gdelta[:, :, :l], gA, gB, gC, (carry if ctx.h0_given else None), None
+
+# %% ../../nbs/11_ops.selective_scan.ipynb #eb1f4bba
+SCAN_GPU_ELEMS = 2**28   # the scan form's working-tensor budget on GPU: ~1 GiB in float32, about 3 live in its backward
+
+def default_form(device:torch.device)->str:
+    "The chunked path's default form on `device`: 'scan' where it is compiled (CUDA), else 'cumsum'."
+    import os
+    if device.type == "cuda" and os.environ.get("CAB_BENCH_COMPILE", "1") != "0" and not _scan_available(): return "scan"
+    return "cumsum"
+
 def selective_scan_chunked(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     initial_state:torch.Tensor|None=None,  # (batch, d, N) h_0
-    chunk_size:int|None=None,              # longest chunk; None picks by `auto_chunk` (stability may cut shorter)
+    chunk_size:int|None=None,              # longest chunk; None picks by `auto_chunk` (stability may cut the cumsum form shorter)
+    form:str|None=None,                    # 'scan' or 'cumsum'; None: `default_form(u.device)`
 ):
     "Chunked selective scan, same signature and results as `selective_scan_ref`."
+    form = default_form(u.device) if form is None else form
+    if form not in ("scan", "cumsum"):
+        raise CabError(f"selective_scan: form={form!r} is not allowed: expected 'scan' or 'cumsum'")
+    if form == "scan" and _scan_available(): raise CabError(f"selective_scan: form='scan' cannot run: {_scan_available()}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise CabError(f"selective_scan: chunk_size={chunk_size!r} is not allowed: expected a positive int")
     out_dtype = u.dtype
     u, delta, A, B, C = _prep(u, delta, A, B, C, delta_bias, delta_softplus)
     b, d, l = u.shape
-    T = chunk_size or auto_chunk(b * d * A.shape[1], l, u.device)
-    if T < 1: raise CabError(f"selective_scan: chunk_size={chunk_size} is not allowed: expected a positive int")
+    budget = SCAN_GPU_ELEMS if form == "scan" and u.is_cuda else None
+    T = chunk_size or auto_chunk(b * d * A.shape[1], l, u.device, budget)
     h0 = None if initial_state is None else initial_state.to(u.dtype)
-    y, h = _ChunkedScan.apply(u, delta, A, B, C, h0, T)
+    y, h = (_ScanChunked if form == "scan" else _ChunkedScan).apply(u, delta, A, B, C, h0, T)
     y = _finish(y, u, D, z, out_dtype)
     return (y, h) if return_last_state else y
 
-# %% ../../nbs/11_ops.selective_scan.ipynb #5717c626
+# %% ../../nbs/11_ops.selective_scan.ipynb #2e6eb0cc
 def random_scan_inputs(
     b:int=2, d:int=8, l:int=13, N:int=4,
     bc:str="grouped",        # 'const' (d, N), 'shared' (batch, N, L) or 'grouped' (batch, G=2, N, L)
@@ -238,7 +389,7 @@ def random_scan_inputs(
              D=r(d), z=r(b, d, l), delta_bias=r(d) * 0.1, initial_state=r(b, d, N))
     return {k: v.to(device) for k, v in x.items()}
 
-# %% ../../nbs/11_ops.selective_scan.ipynb #7c420529
+# %% ../../nbs/11_ops.selective_scan.ipynb #11f7277c
 def selective_scan_step(
     state:torch.Tensor,               # (batch, d, N) h_{t-1}
     x:torch.Tensor,                   # (batch, d) input at t
@@ -271,7 +422,7 @@ def selective_scan_step(
     if z is not None: y = y * F.silu(z.to(cdt))
     return y.to(x.dtype), new
 
-# %% ../../nbs/11_ops.selective_scan.ipynb #359a1c1e
+# %% ../../nbs/11_ops.selective_scan.ipynb #ae2bd2f2
 SHORT_CPU_LEN = 64
 
 def selective_scan(
