@@ -1,6 +1,7 @@
 """Generation: the Mamba-2 student (recurrent state) against its GPT-2 teacher (KV cache), greedy, after long prompts.
 
-The student generates with `MambaLM.generate` (prefill with the scan, then one recurrent `step` per token); the
+The student generates with `MambaLM.generate` (prefill with the scan, then one recurrent `step` per token, replayed
+from a CUDA graph: the library's default on a GPU; the capture is inside the timed call); the
 teacher with transformers' `generate` (greedy, `min_new_tokens = max_new_tokens`, its default dynamic KV cache).
 Both run under bf16 autocast on a GPU, with random weights (speed does not depend on them) and random prompts.
 

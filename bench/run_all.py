@@ -11,6 +11,12 @@ Works from a plain checkout: the repository root is put on `sys.path` (no `pip i
 """
 from __future__ import annotations
 
+import os
+
+# Autotuning results go to Triton's on-disk cache, so what the pre-warm processes tuned is reused by the sections
+# (and by the sections' own warm-up calls) instead of being tuned again. Set before torch or triton is imported.
+os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+
 import argparse
 import json
 import subprocess
@@ -29,8 +35,24 @@ SECTIONS = ("ops", "step", "vision", "gen")
 # seconds per section on the GPU (sum 6.3 min; each includes the autotuning benchmarks of its first kernel calls)
 # and in the CPU smoke configuration
 CAPS = dict(full=dict(ops=90, step=150, vision=40, gen=100), smoke=dict(ops=20, step=30, vision=20, gen=20))
-PREWARM_CAP = dict(full=200, smoke=90)   # a cold H200 compiles the three families in ~2 min
-WARM_FAMILIES = dict(ops=("ops",), step=("lm", "hedgehog"), vision=(), gen=("lm",))
+PREWARM_CAP = dict(full=200, smoke=90)   # a cold H200 compiles the four families in ~2 min
+WARM_FAMILIES = dict(ops=("ops", "scan"), step=("lm", "hedgehog"), vision=(), gen=("lm",))
+# the whole run's wall-clock limit (full configuration): a section whose warm-up overruns shortens the later sections'
+# caps instead of pushing the run past it; each later section keeps at least RESERVE of its cap
+DEADLINE_S, RESERVE = 540, 0.5
+
+
+def cache_files()->dict:
+    "Files in Triton's and inductor's on-disk caches: how much a phase compiled (a warm cache barely grows)."
+    def count(d):
+        try: return sum(len(f) for _, _, f in os.walk(d)) if d and os.path.isdir(d) else 0
+        except OSError: return None
+    triton_dir = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        inductor_dir = cache_dir()
+    except Exception: inductor_dir = None
+    return dict(triton=count(triton_dir), inductor=count(inductor_dir))
 
 
 def prewarm(sections, smoke:bool, cap_s:float)->dict:
@@ -75,6 +97,8 @@ def main(argv=None)->int:
     ap.add_argument("--no-prewarm", action="store_true", help="let each section autotune the Triton kernels itself")
     ap.add_argument("--budget", type=float, default=None, help="seconds for all sections together (split in the default proportions)")
     ap.add_argument("--strict", action="store_true", help="an error at any point stops the run (default in the smoke run)")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help=f"seconds for the whole run, pre-warm included (default {DEADLINE_S} for the full configuration, none in the smoke run)")
     a = ap.parse_args(argv)
     smoke = a.smoke or not torch.cuda.is_available()
     if smoke and not a.smoke: log("no CUDA device: running the smoke configuration")
@@ -91,19 +115,26 @@ def main(argv=None)->int:
         caps = {k: v * scale for k, v in caps.items()}
     t0 = time.monotonic()
     env = environment()
+    deadline = a.deadline if a.deadline else (None if smoke else DEADLINE_S)
     run = dict(command=" ".join(["python", "bench/run_all.py", *(argv if argv is not None else sys.argv[1:])]), smoke=smoke,
-               out=str(out), started=env["timestamp"], status="running", caps_s=caps, sections={}, prewarm=None, wall_s=None)
+               out=str(out), started=env["timestamp"], status="running", caps_s=caps, deadline_s=deadline, sections={},
+               prewarm=None, wall_s=None, autotune_cache=os.environ.get("TRITON_CACHE_AUTOTUNING"),
+               cache_files=dict(start=cache_files()))
     run_path = out / "run.json"
     write_json(run_path, dict(run, env=env))
     log(f"cab_bench suite: {'SMOKE' if smoke else 'full'} on {env['device']}, commit {env['commit']}, out {out}")
     if not a.no_prewarm:
         log("pre-warming Triton kernels ...")
         run["prewarm"] = prewarm(sections, smoke, PREWARM_CAP["smoke" if smoke else "full"])
+        run["cache_files"]["prewarm"] = cache_files()
         log(f"pre-warm: {json.dumps(run['prewarm'])[:400]}")
         write_json(run_path, dict(run, env=env))
     failed = False
-    for s in sections:
+    for i, s in enumerate(sections):
         ts = time.monotonic()
+        if deadline:                                   # what the run has left, less a reserve for the later sections
+            left = deadline - (ts - t0) - RESERVE * sum(caps[x] for x in sections[i + 1:])
+            if left < caps[s]: caps[s] = max(left, 5.0); run["caps_s"] = caps
         log(f"--- {s} (cap {caps[s]:.0f} s)")
         try:
             if s == "ops":
@@ -131,6 +162,7 @@ def main(argv=None)->int:
             if strict: break
         finally:
             benchlib.free_memory()
+        run["cache_files"][s] = cache_files()
         write_json(run_path, dict(run, env=env))
     import summary
     run.update(status="failed" if failed else "complete", wall_s=round(time.monotonic() - t0, 1))

@@ -4,11 +4,16 @@ mamba-ssm's SSD kernels are Triton kernels that autotune: the first call for eac
 size, dtype, ...) compiles every candidate configuration, about 30 s (forward) to 100 s (forward + backward) per
 family on a cold machine, one configuration after another. `run_all.py` starts one process per family at once, each
 making the same library calls as its section at a small batch and length (the autotuning keys do not include them),
-and waits for all: the compiled kernels land in Triton's on-disk cache, so the timed sections only benchmark the
-cached candidates. What a process autotunes is not reused (no TRITON_CACHE_AUTOTUNING): each section picks its own
-configurations without other processes competing for the GPU.
+and waits for all. The compiled kernels land in Triton's on-disk cache, and `run_all.py` sets
+TRITON_CACHE_AUTOTUNING=1, so the configuration each autotuning picked is cached on disk too and a section's own
+warm-up only loads it. The cost is that the pre-warm processes autotune while competing for the GPU, so a pick can
+differ from what a lone process would choose. The first machine-wide run showed that without this sharing a
+section's warm-up on a fresh machine repeated the whole autotuning (222 s in the step section).
 
-    python bench/warm.py ops,lm,hedgehog [--smoke]     # prints one JSON line: seconds per family
+The `scan` family compiles cab_bench's chunked selective scan (its scan form is compiled with static shapes) at
+every shape the ops section times; inductor's on-disk graph cache then serves the section.
+
+    python bench/warm.py ops,scan,lm,hedgehog [--smoke]     # prints one JSON line: seconds per family
 """
 from __future__ import annotations
 
@@ -31,6 +36,18 @@ def warm_ops(smoke:bool):
         for case in cases:
             path = "chunked" if cuda_unavailable(case.op, dev) else "cuda"
             for pass_ in ("fwd", "fwd+bwd"): runner(case, path, pass_)()
+
+
+def warm_scan(smoke:bool):
+    "cab_bench's chunked selective scan at the ops section's shapes (ENV.md's and the length sweep's), fwd and fwd+bwd."
+    from bench_ops import SelectiveCase, runner, settings
+    dev, st = device(), settings(smoke)
+    shapes = [st["env_shapes"]["selective_scan"]] + [dict(st["sweep_shapes"]["selective_scan"], l=l) for l in st["lengths"]]
+    for dtype in st["dtypes"]:
+        for shape in shapes:
+            case = SelectiveCase(shape, dtype, dev)
+            for pass_ in ("fwd", "fwd+bwd"): runner(case, "chunked", pass_)()
+            del case
 
 
 def warm_lm(smoke:bool):
@@ -60,7 +77,7 @@ def warm_hedgehog(smoke:bool):
     for _ in range(2): step(lm_batch(teacher.vocab_size, 2, 64 if smoke else 512, dev))
 
 
-FAMILIES = dict(ops=warm_ops, lm=warm_lm, hedgehog=warm_hedgehog)
+FAMILIES = dict(ops=warm_ops, scan=warm_scan, lm=warm_lm, hedgehog=warm_hedgehog)
 
 
 def main(argv=None):

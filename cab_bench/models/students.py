@@ -17,9 +17,9 @@ from ..core import CabError, bad_value
 from .mamba import Block, Mamba1Mixer, Mamba2Mixer, RMSNorm, no_weight_decay
 
 # %% auto #0
-__all__ = ['MIXERS', 'STUDENTS', 'StudentOutput', 'Vim', 'MambaLM', 'register_student', 'create_student', 'vim_tiny_patch16_224',
-           'vim_small_patch16_224', 'vim_digits', 'vim_test', 'mamba_130m', 'mamba2_130m', 'mamba2_gpt2_6l',
-           'mamba_lm_bytes', 'mamba2_lm_bytes', 'mamba_lm_test', 'mamba2_lm_test']
+__all__ = ['MIXERS', 'STUDENTS', 'StudentOutput', 'Vim', 'MambaLM', 'GraphedStep', 'register_student', 'create_student',
+           'vim_tiny_patch16_224', 'vim_small_patch16_224', 'vim_digits', 'vim_test', 'mamba_130m', 'mamba2_130m',
+           'mamba2_gpt2_6l', 'mamba_lm_bytes', 'mamba2_lm_bytes', 'mamba_lm_test', 'mamba2_lm_test']
 
 # %% ../../nbs/22_models.students.ipynb #d8361bb5
 @dataclass
@@ -148,13 +148,18 @@ class MambaLM(nn.Module):
         eos_token_id:int|None=None,      # stop when every sequence has produced it
         return_logits:bool=False,        # also return the (b, new, vocab) logits of each step
         generator:torch.Generator|None=None,
+        cuda_graph:bool|None=None,       # replay the one-token step from a CUDA graph; None: on CUDA for more than 8 new tokens
     ):
         "Continue `input_ids` with the recurrent state cache; returns (b, l + new) ids (and logits)."
+        if cuda_graph and not input_ids.is_cuda:
+            raise bad_value("cuda_graph", cuda_graph, "False or None for input_ids on the CPU (CUDA graphs need a CUDA device)")
+        graphed = (input_ids.is_cuda and max_new_tokens > 8) if cuda_graph is None else cuda_graph
         caches = [{} for _ in self.layers]
         logits = self(input_ids, caches=caches, last_only=True).logits[:, -1]    # (b, vocab): no (b, l, vocab) tensor
+        step = GraphedStep(self, caches, input_ids.shape[0]) if graphed and max_new_tokens > 1 else (lambda t: self.step(t, caches))
         out, all_logits, done = [input_ids], [], torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
-            all_logits.append(logits)
+            all_logits.append(logits.clone() if return_logits and graphed else logits)   # a replay overwrites its output
             if do_sample:
                 l = logits.float() / max(temperature, 1e-6)
                 if top_k: l = l.masked_fill(l < l.topk(top_k, -1).values[:, -1:], -math.inf)
@@ -164,11 +169,44 @@ class MambaLM(nn.Module):
                 nxt = nxt.masked_fill(done, eos_token_id); done |= nxt == eos_token_id
             out.append(nxt[:, None])
             if len(out) - 1 == max_new_tokens or (eos_token_id is not None and done.all()): break
-            logits = self.step(nxt, caches)
+            logits = step(nxt)
         ids = torch.cat(out, 1)
         return (ids, torch.stack(all_logits, 1)) if return_logits else ids
 
 # %% ../../nbs/22_models.students.ipynb #9e715d5d
+class GraphedStep:
+    "`model.step` captured in a CUDA graph over fixed `caches`; call with the next token ids (b,) to get logits (b, vocab)."
+    def __init__(self, model:nn.Module, caches:list, batch:int):
+        self.model, self.caches = model, caches
+        dev = next(iter(caches[0].values())).device
+        self.tok = torch.zeros(batch, dtype=torch.long, device=dev)
+        saved = [{k: v.clone() for k, v in c.items()} for c in caches]
+        self.amp = dict(device_type="cuda", enabled=torch.is_autocast_enabled("cuda"),
+                        dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side), torch.autocast(**self.amp):
+            for _ in range(2): self._run()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.autocast(**self.amp):
+            self.logits = self._run()
+        for c, s in zip(caches, saved):
+            for k in c: c[k].copy_(s[k])
+
+    def _run(self)->torch.Tensor:
+        new = [dict(c) for c in self.caches]
+        logits = self.model.step(self.tok, new)
+        for c, n in zip(self.caches, new):
+            for k in c: c[k].copy_(n[k])
+        return logits
+
+    def __call__(self, tok:torch.Tensor)->torch.Tensor:
+        self.tok.copy_(tok)
+        self.graph.replay()
+        return self.logits
+
+# %% ../../nbs/22_models.students.ipynb #933ea1b6
 STUDENTS:dict[str, Callable] = {}
 
 def register_student(fn:Callable)->Callable:
