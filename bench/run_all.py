@@ -16,6 +16,11 @@ import os
 # Autotuning results go to Triton's on-disk cache, so what the pre-warm processes tuned is reused by the sections
 # (and by the sections' own warm-up calls) instead of being tuned again. Set before torch or triton is imported.
 os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+# One Triton cache directory for every process. Left unset, inductor points TRITON_CACHE_DIR at its own directory
+# the first time it runs a compiled kernel (the ops section's chunked scan), and from then on this process no longer
+# finds the kernels the pre-warm processes compiled into Triton's default directory. A fresh H200 then spent 229 s
+# recompiling them in the step section's warm-up.
+os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".triton", "cache"))
 
 import argparse
 import json
@@ -47,7 +52,7 @@ def cache_files()->dict:
     def count(d):
         try: return sum(len(f) for _, _, f in os.walk(d)) if d and os.path.isdir(d) else 0
         except OSError: return None
-    triton_dir = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
+    triton_dir = os.environ.get("TRITON_CACHE_DIR")
     try:
         from torch._inductor.runtime.cache_dir_utils import cache_dir
         inductor_dir = cache_dir()
