@@ -165,3 +165,25 @@ def test_summary_renders_gpu_shaped_results(smoke, tmp_path):
     assert "selective_scan fwd: 10.0x" in md and summary_ratios
     if "**missed**" in md.split("## 1. Ops")[0]:
         assert "Where" in md
+
+
+def test_compare_reruns(smoke, tmp_path):
+    "bench/compare.py: a run against itself is unchanged; a slowed point outside its noise range is reported as moved."
+    out, _, res = smoke
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import compare
+    finally:
+        sys.path.pop(0)
+    same = compare.compare(out, out)
+    assert ", 0 moved" in same and "**moved**" not in same and "step time cab / soft_kd" in same
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    for s in (*SECTIONS, "run"):
+        d = json.loads((out / f"{s}.json").read_text())
+        if s == "step":
+            for r in d["results"]:
+                if r["method"] == "cab": r.update(ms=r["ms"] * 3, ms_min=r["ms_max"] * 3, ms_max=r["ms_max"] * 4)
+        (slow / f"{s}.json").write_text(json.dumps(d))
+    moved = compare.compare(out, slow)
+    assert "**moved**" in moved and "+200.0%" in moved
