@@ -89,7 +89,9 @@ def teacher_kernel(
     "The teacher-side kernel: softmax over features for Q, over tokens for K ('softmax'), or nothing ('identity')."
     check_choice('kernel', kernel, KERNELS); check_choice('which', which, ('q', 'k'))
     if kernel == 'identity': return t
-    return t.softmax(-1) if which == 'q' else t.softmax(-2)
+    if which == 'q': return t.softmax(-1)
+    e = torch.exp(t - t.amax(-2, keepdim=True))    # softmax over tokens, written out (see below)
+    return e / e.sum(-2, keepdim=True)
 
 # %% ../../nbs/30_distill.core.ipynb #fc890504
 BC_NAMES = ('B', 'C')
