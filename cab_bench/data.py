@@ -25,11 +25,12 @@ from .core import CabError, bad_value, check_choice, check_range
 
 # %% auto #0
 __all__ = ['STDLIB_EXCLUDED_DIRS', 'BYTE_OFFSET', 'BYTE_EOS', 'DATA_SPECS', 'name_score', 'index_keys', 'indices_sha256',
-           'stratified_pick', 'Subset', 'subset', 'digits_split', 'DigitsDataset', 'data_config_for',
-           'default_data_config', 'image_folder', 'write_image_folder', 'Corpus', 'split_docs', 'stdlib_corpus',
-           'text_files', 'text_corpus', 'texts_of', 'hf_corpus', 'byte_ids', 'is_byte_tokenizer', 'resolve_tokenizer',
-           'tokenizer_fingerprint', 'default_cache_dir', 'encode_docs', 'token_cache_path', 'corpus_tokens',
-           'train_tiny_tokenizer', 'TokenBlocks', 'DataBundle', 'lm_bundle', 'build_datasets']
+           'stratified_pick', 'Subset', 'subset', 'digits_split', 'DigitsDataset', 'augment_seed', 'Augmented',
+           'affine_digit', 'DigitsAugment', 'data_config_for', 'default_data_config', 'image_folder',
+           'write_image_folder', 'Corpus', 'split_docs', 'stdlib_corpus', 'text_files', 'text_corpus', 'texts_of',
+           'hf_corpus', 'byte_ids', 'is_byte_tokenizer', 'resolve_tokenizer', 'tokenizer_fingerprint',
+           'default_cache_dir', 'encode_docs', 'token_cache_path', 'corpus_tokens', 'train_tiny_tokenizer',
+           'TokenBlocks', 'DataBundle', 'lm_bundle', 'build_datasets']
 
 # %% ../nbs/40_data.ipynb #8c20cacb
 def name_score(name:str)->float:
@@ -168,6 +169,84 @@ class DigitsDataset(Dataset):
         if self.img_size is not None and self.img_size != 8:
             x = F.interpolate(x[None], size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)[0]
         return (x.expand(self.channels, -1, -1) - self.mean) / self.std, self.targets[i]   # (C, H, W), int
+
+# %% ../nbs/40_data.ipynb #71d3eecd
+def augment_seed(
+    seed:int,    # the run's seed
+    epoch:int,   # the epoch the item is drawn in
+    index:int,   # the item's index in the training set the trainer samples from
+)->int:         # a uint64 seed for `torch.Generator.manual_seed`
+    "Seed of one item's augmentation: `index_keys(index + 1, seed, 'cab_bench.augment.epoch<epoch>')[index]`, computed alone."
+    k = int.from_bytes(hashlib.sha256(f"cab_bench.augment.epoch{epoch}:{seed}".encode()).digest()[:8], "little")
+    with np.errstate(over="ignore"): return int(_splitmix64(np.array([index], np.uint64) + np.uint64(k))[0])
+
+class Augmented(Dataset):
+    "`ds` with each input replaced by `fn(x, generator)`, the generator seeded by `augment_seed(seed, epoch, index)`."
+    def __init__(self,
+        ds,            # dataset of (input, target) items
+        fn,            # (input, torch.Generator) -> input of the same shape and dtype
+        seed:int=0,    # the run's seed
+    ):
+        check_range("seed", seed, 0, kind=int)
+        if not callable(fn): raise bad_value("augment fn", fn, "a callable (input, generator) -> input")
+        self.ds, self.fn, self.seed, self.epoch = ds, fn, seed, 0
+
+    def set_epoch(self, epoch:int):
+        "Called by the trainer before it draws the batches of `epoch`."
+        self.epoch = check_range("epoch", epoch, 0, kind=int)
+
+    def __len__(self): return len(self.ds)
+
+    def __getitem__(self, i:int):
+        if i < 0: i += len(self)
+        x, y = self.ds[i]
+        return self.fn(x, torch.Generator().manual_seed(augment_seed(self.seed, self.epoch, i))), y
+
+    def __repr__(self): return f"Augmented({self.ds!r}, fn={self.fn!r}, seed={self.seed}, epoch={self.epoch})"
+
+def affine_digit(
+    x:torch.Tensor,          # (C, H, W) image, normalised
+    dx:float=0.0,            # move the content right by dx pixels of the native 8 x 8 image
+    dy:float=0.0,            # move it down by dy native pixels
+    angle:float=0.0,         # rotate it by this many degrees, counter-clockwise as displayed (rows downwards)
+    size:float=1.0,          # and scale it by this factor (about the centre)
+    background:tuple=(-1.0,),# value of an empty pixel, per channel (or one): what enters at the borders
+)->torch.Tensor:             # (C, H, W)
+    "One affine distortion of a digit image, bilinear (`grid_sample`); the resolution of `x` does not change the geometry."
+    t = 2 / 8                                                                   # one native pixel in the [-1, 1] span
+    a = math.radians(angle)
+    c, n = math.cos(a) / size, math.sin(a) / size
+    theta = torch.tensor([[[c, -n, -t * dx], [n, c, -t * dy]]], dtype=x.dtype)   # output -> input coordinates
+    bg = torch.tensor(background, dtype=x.dtype).reshape(-1, 1, 1)             # (C or 1, 1, 1)
+    grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)            # (1, H, W, 2)
+    y = F.grid_sample((x - bg)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    return y + bg                                                              # (C, H, W)
+
+@dataclass(frozen=True)
+class DigitsAugment:
+    "Random affine distortion of one digit image (translation, rotation, scale), bilinear, background entering at the borders."
+    shift:float=1.0          # largest translation per axis, in pixels of the native 8 x 8 image (uniform in [-shift, shift])
+    rotate:float=10.0        # largest rotation, degrees (uniform in [-rotate, rotate])
+    scale:float=0.1          # largest relative change of size (uniform in [1 - scale, 1 + scale])
+    background:tuple=(-1.0,) # value of an empty pixel after normalisation, one per channel (or one for all)
+
+    def __post_init__(self):
+        check_range("augment shift", self.shift, 0, 4); check_range("augment rotate", self.rotate, 0, 180)
+        check_range("augment scale", self.scale, 0, 1, hi_open=True)
+        if not (isinstance(self.background, tuple) and self.background
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.background)):
+            raise bad_value("augment background", self.background, "a non-empty tuple of numbers (one per channel, or one)")
+
+    @property
+    def off(self)->bool: return self.shift == 0 and self.rotate == 0 and self.scale == 0
+
+    def __call__(self, x:torch.Tensor, generator:torch.Generator)->torch.Tensor:
+        if self.off: return x
+        u = torch.rand(4, generator=generator, dtype=torch.float64) * 2 - 1        # uniforms in [-1, 1): dx, dy, angle, size
+        return affine_digit(x, self.shift * float(u[0]), self.shift * float(u[1]), self.rotate * float(u[2]),
+                            1 + self.scale * float(u[3]), self.background)
+
+    def __repr__(self): return f"DigitsAugment(shift={self.shift}, rotate={self.rotate}, scale={self.scale})"
 
 # %% ../nbs/40_data.ipynb #89a0a15c
 _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -460,6 +539,7 @@ class DataBundle:
     tokenizer: Any = None
     sizes: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)   # provenance: split rule, corpus hashes, exclusions, cache files
+    augment: Any = None                    # training-time augmentation `(x, generator) -> x` for `Augmented`; None: none (or in the dataset's transform)
 
     @property
     def info(self)->dict:
@@ -494,7 +574,7 @@ def build_datasets(
     img_size:int|None=None,       # digits: side after resizing; None: from `data_config`, else 8 (native)
     cache_dir=None,               # language: token cache; None: $CAB_BENCH_CACHE or ~/.cache/cab_bench
     val_frac:float|None=None,     # validation share; None: 0.2 (digits, per class) or 0.02 (text, per document)
-    augment:bool=True,            # imagefolder: timm's training transform on train
+    augment:bool|dict=True,       # train split only: digits True (`DigitsAugment()`), a dict of its settings, or False; imagefolder: timm's training transform
 )->DataBundle:
     "Train/validation datasets and their description for a data spec."
     check_choice("task", task, ["vision", "language"])
@@ -511,6 +591,10 @@ def build_datasets(
                         + ", ".join(repr(k) for k, v in DATA_SPECS.items() if v == task))
     if kind == "stdlib": return lm_bundle(stdlib_corpus(val_frac or 0.02), seq_len, tokenizer, cache_dir, data)
     if kind == "text": return lm_bundle(text_corpus(arg, val_frac or 0.02), seq_len, tokenizer, cache_dir, data)
+    if isinstance(augment, bool): pass
+    elif not isinstance(augment, dict) or kind != "digits":
+        raise bad_value("augment", augment, "True or False" + (", or a dict of DigitsAugment settings (shift, rotate, scale)"
+                                                                 if kind == "digits" else f" for data={data!r}"))
     if kind == "imagefolder":
         cfg = {k: v for k, v in (data_config or default_data_config()).items() if k in _TRANSFORM_KEYS}
         train, val = (image_folder(arg, s, cfg, augment) for s in ("train", "val"))
@@ -526,7 +610,15 @@ def build_datasets(
     ms = dict(mean=data_config.get("mean"), std=data_config.get("std")) if data_config else {}
     vf = val_frac or 0.2
     train, val = (DigitsDataset(s, channels, img_size, val_frac=vf, **ms) for s in ("train", "val"))
+    aug = None
+    if augment is not False:
+        opts = {} if augment is True else dict(augment)
+        unknown = sorted(set(opts) - {"shift", "rotate", "scale"})
+        if unknown: raise bad_value("augment", augment, "True, False, or a dict with keys among 'shift', 'rotate', 'scale'")
+        aug = DigitsAugment(**opts, background=tuple((-train.mean / train.std).flatten().tolist()))
+        if aug.off: aug = None
     return DataBundle(train, val, "vision", data, f"scikit-learn digits, {channels}x{img_size or 8}x{img_size or 8}, "
                       f"stratified {1 - vf:.0%}/{vf:.0%} split", 10, classes=train.classes,
                       sizes=dict(train=len(train), val=len(val)), meta=dict(split_rule=f"per class, floor({vf} n_c + 1/2) "
-                      "smallest index_keys(1797, 0, 'cab_bench.digits_split') are validation"))
+                      "smallest index_keys(1797, 0, 'cab_bench.digits_split') are validation", augment=repr(aug) if aug else None),
+                      augment=aug)

@@ -33,6 +33,7 @@ class DistillConfig:
     student:str = "vim_digits"          # a registered student (`cab_bench.models.STUDENTS`)
     data:str = "digits"                 # 'digits', 'imagefolder:<root>', 'stdlib', 'text:<path|dir|glob>'
     data_frac:float = 1.0               # fraction of the training set, in (0, 1]
+    augment:bool|dict = True            # training-time augmentation of the train split (see `prepare`); digits: or a dict of DigitsAugment settings
     epochs:float|None = None            # training length in passes over the subset (or give max_steps)
     max_steps:int|None = 300            # training length in optimizer steps (used when epochs is None)
     batch_size:int = 64                 # global batch per optimizer step
@@ -85,6 +86,7 @@ _SPECS = {
     "method": (str, bool, "a method name"), "teacher": (str, bool, "a teacher spec"), "student": (str, bool, "a student name"),
     "data": (str, bool, "a data spec"),
     "data_frac": ((int, float), lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "augment": ((bool, dict), None, "True, False, or a dict of augmentation settings (digits: shift, rotate, scale)"),
     "epochs": ((int, float, type(None)), lambda v: v is None or v > 0, "a positive number or None"),
     "max_steps": ((int, type(None)), lambda v: v is None or v > 0, "a positive int or None"),
     "batch_size": (int, lambda v: v > 0, "a positive int"), "grad_accum": (int, lambda v: v > 0, "a positive int"),
@@ -193,7 +195,7 @@ def prepare(cfg:DistillConfig)->dict:
     "Everything a run needs, built and checked without touching the run directory: teacher, data, student, method."
     from cab_bench.models import STUDENTS, create_student, load_teacher, parse_teacher_spec
     from cab_bench.distill import build_method, method_names
-    from cab_bench.data import build_datasets, subset
+    from cab_bench.data import Augmented, build_datasets, subset
     check_choice("method", cfg.method, method_names())
     check_choice("student", cfg.student, sorted(STUDENTS))
     if student_task(cfg.student) != cfg.task:
@@ -205,12 +207,14 @@ def prepare(cfg:DistillConfig)->dict:
     teacher = load_teacher(cfg.teacher, pretrained=cfg.pretrained, trust_remote_code=cfg.trust_remote_code, **cfg.teacher_opts)
     if teacher.kind != cfg.task:
         raise bad_value("teacher", cfg.teacher, f"a {cfg.task} teacher for task={cfg.task!r} (this one is a {teacher.kind} model)")
-    bundle = build_datasets(cfg.data, cfg.task, seq_len=cfg.seq_len, tokenizer=teacher.tokenizer if cfg.task == "language" else None,
+    bundle = build_datasets(cfg.data, cfg.task, seq_len=cfg.seq_len, augment=cfg.augment, tokenizer=teacher.tokenizer if cfg.task == "language" else None,
                             data_config=teacher.data_config if cfg.task == "vision" else None)
     sub = subset(bundle.train, cfg.data_frac, cfg.seed)
     student = create_student(cfg.student, **_student_overrides(cfg, teacher, bundle))
     method = build_method(cfg.method, teacher, student, **cfg.method_opts)
-    return dict(teacher=teacher, student=student, bundle=bundle, subset=sub, train=repeat_to(sub, cfg.batch_size),
+    train = repeat_to(sub, cfg.batch_size)
+    if bundle.augment is not None: train = Augmented(train, bundle.augment, cfg.seed)   # items keyed by (seed, epoch, index)
+    return dict(teacher=teacher, student=student, bundle=bundle, subset=sub, train=train,
                 method=method, device=device)
 
 def run(
@@ -253,7 +257,7 @@ def run(
                    student_eval=res.final_eval, teacher_eval=teacher_eval,
                    data=dict(spec=cfg.data, description=p["bundle"].description, frac=cfg.data_frac,
                              effective_frac=sub.effective_frac, n_train=len(sub), repeats=len(p["train"]) // len(sub), n_val=len(p["bundle"].val),
-                             subset_sha256=sub.sha256),
+                             subset_sha256=sub.sha256, augment=p["bundle"].meta.get("augment")),
                    stages=res.stage_losses, stage_evals=res.stage_evals, evals=res.evals, steps=res.steps,
                    stage_steps=res.stage_steps, attention=attention, wall_time=res.wall_time, run_time=time.time() - t0, device=res.device,
                    num_processes=res.num_processes, backend_report=backend_report(p["device"]), run_dir=str(run_dir))

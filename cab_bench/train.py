@@ -625,6 +625,7 @@ def train(
                 module.active_terms = {t for t, v in w.items() if v}
                 e, b = divmod(g, bpe)
                 if e != it_epoch:
+                    if hasattr(train_ds, "set_epoch"): train_ds.set_epoch(e)     # epoch-keyed items (`data.Augmented`)
                     it = iter(DataLoader(train_ds, batch_sampler=StepSampler(len(train_ds), B, A, N, rank, cfg.seed, e, b),
                                          collate_fn=collate_fn, num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
                                          generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + e)))
