@@ -86,23 +86,26 @@ def pretrain_vision_teacher(
     lr:float=2e-3,
     weight_decay:float=0.05,
     label_smoothing:float=0.1,
-    shift:int=1,                # random shift augmentation, pixels (0: off)
+    augment:bool|dict=True,     # the students' augmentation `data.DigitsAugment` per image (a dict: its settings; False: off)
+    shift:int=0,                # random whole-pixel shifts of up to `shift` px after it, replicate padding (the first teacher's; 0: off)
     seed:int=0,
     progress:bool=True,
 )->dict:                        # the provenance written (includes the final validation top-1)
     "Train the ViT digits teacher and write it in the `timm:<name>@<file>` form `load_teacher` reads."
     import timm, safetensors.torch
-    from cab_bench.data import build_datasets
+    from cab_bench.data import Augmented, build_datasets
     from cab_bench.experiment import evaluate_logits
     from cab_bench.models.teachers import SIDECAR_FORMAT, sidecar_path
     _check_train_args(steps, batch_size, lr, seed)
     check_range("shift", shift, 0, 3, kind=int)
+    if not isinstance(augment, (bool, dict)): raise bad_value("augment", augment, "True, False or a dict of DigitsAugment settings")
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     seed_everything(seed)
     spec = VISION_TEACHER
     model = timm.create_model(spec["model"], pretrained=False, **spec["model_kwargs"])
-    b = build_datasets("digits", "vision", channels=1, img_size=8)
+    b = build_datasets("digits", "vision", channels=1, img_size=8, augment=augment)
+    aug = b.augment                                              # None when off
     xs = torch.stack([b.train[i][0] for i in range(len(b.train))]); ys = torch.tensor([b.train[i][1] for i in range(len(b.train))])
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -111,22 +114,26 @@ def pretrain_vision_teacher(
     losses = []
     for step in (bar := tqdm(range(steps), desc="vision teacher", disable=not progress)):
         idx = torch.randint(0, len(xs), (batch_size,), generator=g)
-        loss = F.cross_entropy(model(random_shift(xs[idx], shift, g)), ys[idx], label_smoothing=label_smoothing)
+        xb = xs[idx] if aug is None else torch.stack([aug(x, g) for x in xs[idx]])          # (batch, 1, 8, 8)
+        loss = F.cross_entropy(model(random_shift(xb, shift, g)), ys[idx], label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
         losses.append(loss.item())
         if step % 50 == 0: bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     val = evaluate_logits(model, b.val, "vision")
     train_acc = evaluate_logits(model, b.train, "vision")
+    train_aug = evaluate_logits(model, Augmented(b.train, aug, seed), "vision") if aug is not None else None
     ckpt = out / "model.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt), metadata={"format": "pt"})
     sidecar_path(ckpt).write_text(json.dumps(dict(format=SIDECAR_FORMAT, **spec), indent=1) + "\n")
     return write_provenance(out, kind="vision", spec_form=f"timm:{spec['model']}@{ckpt.name}", **spec,
                             params=sum(p.numel() for p in model.parameters()),
                             training=dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule="one-cycle",
-                                          label_smoothing=label_smoothing, shift=shift, optimizer="AdamW", seed=seed),
+                                          label_smoothing=label_smoothing, augment=repr(aug) if aug else None, shift=shift,
+                                          optimizer="AdamW", seed=seed),
                             data=dict(spec="digits", description=b.description, sizes=b.sizes),
                             metrics=dict(val_top1=val["top1"], train_top1=train_acc["top1"],
+                                         train_augmented_top1=train_aug["top1"] if train_aug else None,
                                          final_train_loss=sum(losses[-50:]) / len(losses[-50:])),
                             wall_time_s=time.time() - t0)
 
