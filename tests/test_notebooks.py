@@ -50,6 +50,7 @@ BAD = [  # parameter, value, words the error must contain
     ("student", "vim_huge", ["student='vim_huge'", "'vim_digits'"]),
     ("student", "mamba_lm_test", ["student='mamba_lm_test'", "a vision student", "'vim_digits'"]),
     ("method", "hedgemamba", ["method='hedgemamba'"]),      # a language-only method: it cannot align this pair
+    ("augment", "yes", ["augment='yes'", "True, False"]),
 ]
 
 

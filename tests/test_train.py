@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from cab_bench.core import CabError
+from cab_bench.data import Augmented
 from cab_bench.train import (NonFiniteLoss, ToyDistill, TrainConfig, latest_checkpoint, load_checkpoint, load_weights,
                              toy_datasets, toy_stages, train)
 
@@ -31,9 +32,15 @@ def toy_cfg(out, **kw):
                      ckpt_every=5, device="cpu", progress=False, out_dir=str(out)), **kw)
 
 
-def run_toy(cfg:dict, module:dict|None=None):
-    "Train the toy module in this process."
+def toy_noise(x, generator):
+    "The toy runs' training augmentation: Gaussian noise from the item's (seed, epoch, index) generator."
+    return x + 0.3 * torch.randn(x.shape, generator=generator)
+
+
+def run_toy(cfg:dict, module:dict|None=None, augment:bool=False):
+    "Train the toy module in this process (optionally on `Augmented` training data, as `experiment.run` uses)."
     tr, va = toy_datasets()
+    if augment: tr = Augmented(tr, toy_noise, seed=cfg.get("seed", 0))
     m = ToyDistill(**(module or {}))
     return m, train(m, toy_stages(), tr, va, TrainConfig(**cfg))
 
@@ -63,9 +70,9 @@ def assert_same_run(a:Path, b:Path, res_a, res_b, atol=0.0):
 
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory):
-    "The uninterrupted reference run (dropout on, so RNG states matter for resume)."
+    "The uninterrupted reference run (dropout on and augmented inputs, so RNG states and the epoch matter for resume)."
     out = tmp_path_factory.mktemp("a")
-    return out, run_toy(toy_cfg(out))[1]
+    return out, run_toy(toy_cfg(out), augment=True)[1]
 
 
 def wait_for(pred, proc, timeout=120):
@@ -80,13 +87,13 @@ def wait_for(pred, proc, timeout=120):
 def test_sigkill_mid_training_then_resume(run_a, tmp_path):
     out_a, res_a = run_a
     out = tmp_path / "b"
-    p = spawn(dict(cfg=toy_cfg(out), module=dict(delay=0.03)))       # ~0.06 s per step: time to kill it mid-run
+    p = spawn(dict(cfg=toy_cfg(out), module=dict(delay=0.03), augment=True))   # ~0.06 s per step: time to kill it mid-run
     wait_for(lambda: (out / "latest").exists() and int((out / "latest").read_text().strip()[5:]) >= 10, p)
     p.send_signal(signal.SIGKILL); p.wait(); p.stdout.close()
     assert p.returncode == -signal.SIGKILL
     step = load_checkpoint(out).step
     assert 10 <= step < 40, step                                          # killed in the middle
-    _, res_b = run_toy(toy_cfg(out))
+    _, res_b = run_toy(toy_cfg(out), augment=True)
     assert res_b.resumed_from == step
     assert_same_run(out_a, out, res_a, res_b)
 
@@ -95,13 +102,13 @@ def test_sigkill_mid_training_then_resume(run_a, tmp_path):
 def test_sigkill_inside_checkpoint_write(run_a, tmp_path):
     out_a, res_a = run_a
     out = tmp_path / "c"
-    p = spawn(dict(cfg=toy_cfg(out), kill_in_ckpt=15))               # SIGKILL after ckpt-15's files, before the rename
+    p = spawn(dict(cfg=toy_cfg(out), kill_in_ckpt=15, augment=True))   # SIGKILL after ckpt-15's files, before the rename
     out_text, _ = p.communicate(timeout=120)
     assert p.returncode == -signal.SIGKILL, out_text
     assert (out / "ckpt-000015.tmp" / "meta.json").exists() and not (out / "ckpt-000015").exists()
     assert latest_checkpoint(out).name == "ckpt-000010"
     assert load_checkpoint(out).step == 10                               # the previous checkpoint is intact
-    _, res_c = run_toy(toy_cfg(out))
+    _, res_c = run_toy(toy_cfg(out), augment=True)
     assert res_c.resumed_from == 10 and not list(out.glob("*.tmp"))
     assert_same_run(out_a, out, res_a, res_c)
 
@@ -113,14 +120,15 @@ def free_port()->int:
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    # dropout off: the processes draw different masks, so only the deterministic part can match
+    # dropout off: the processes draw different masks, so only the deterministic part can match (the augmentation,
+    # keyed by (seed, epoch, index), is part of it)
     cfg1, cfg2 = toy_cfg(tmp_path / "one", max_steps=30), toy_cfg(tmp_path / "two", max_steps=30)
-    _, res1 = run_toy(cfg1, dict(dropout=0.0))
+    _, res1 = run_toy(cfg1, dict(dropout=0.0), augment=True)
     # `--multi_gpu` starts torchrun processes; with device='cpu' (Accelerator(cpu=True)) they use gloo on CPU.
     # (`--cpu --num_processes 2` starts a single process in accelerate 1.15.)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    p = spawn(dict(cfg=cfg2, module=dict(dropout=0.0)), launch, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p = spawn(dict(cfg=cfg2, module=dict(dropout=0.0), augment=True), launch, env={**os.environ, "OMP_NUM_THREADS": "1"})
     text, _ = p.communicate(timeout=300)
     assert p.returncode == 0, text[-4000:]
     res2 = json.loads((tmp_path / "two" / "result.json").read_text())
@@ -163,7 +171,7 @@ if __name__ == "__main__":
     import cab_bench.train as T
     if spec.get("kill_in_ckpt"):
         T._before_commit_hook = lambda tmp, step: os.kill(os.getpid(), signal.SIGKILL) if step == spec["kill_in_ckpt"] else None
-    _, res = run_toy(spec["cfg"], spec.get("module"))
+    _, res = run_toy(spec["cfg"], spec.get("module"), spec.get("augment", False))
     from accelerate import PartialState
     if PartialState().is_main_process:
         (Path(spec["cfg"]["out_dir"]) / "result.json").write_text(json.dumps(res.to_dict()))
