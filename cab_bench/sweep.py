@@ -18,7 +18,8 @@ from .core import CabError, bad_value, check_choice
 from .experiment import DistillConfig, run
 
 # %% auto #0
-__all__ = ['grid', 'cell_state', 'run_sweep', 'summarise', 'teacher_metric', 'table_markdown', 'plot_sweep', 'write_sweep']
+__all__ = ['grid', 'cell_state', 'run_sweep', 'summarise', 'teacher_metric', 'table_markdown', 'paired', 'paired_markdown',
+           'plot_sweep', 'write_sweep']
 
 # %% ../nbs/75_sweep.ipynb #c803df97
 def _as_list(name:str, v, kind, words:str)->list:
@@ -106,6 +107,54 @@ def table_markdown(results:list[dict])->str:
     if t is not None: lines.append(f"| teacher | {t:.1f} (not data-limited) |" + " |" * (len(fracs) - 1))
     return "\n".join(lines)
 
+def paired(
+    results:list[dict],
+    baseline:str="vanilla",    # the method every other one is compared with
+)->dict:                       # method -> data_frac -> dict(diffs, mean, std, n, wins, p)
+    """Each method against `baseline`, paired by seed: at a given seed both see the same subset and the same
+    augmented images, so the per-seed difference removes most of the subset-to-subset spread. `diffs` are in the
+    metric's units and signed so that positive means better than the baseline (top-1 up, perplexity down); `wins`
+    counts seeds with a positive difference; `p` is the two-sided paired t-test (None with fewer than 2 pairs)."""
+    from scipy.stats import ttest_rel
+    by = {}
+    for r in results:
+        if "metrics" not in r: continue
+        m = r["metrics"]
+        v = m["student"] * 100 if m["metric"] == "top1" else -m["student"]     # larger is better
+        by[(r["method"], r["data_frac"], r["seed"])] = v
+    if not any(k[0] == baseline for k in by): raise bad_value("baseline", baseline, "a method with finished cells in this sweep")
+    out = {}
+    for (meth, f, seed), v in by.items():
+        if meth == baseline or (baseline, f, seed) not in by: continue
+        out.setdefault(meth, {}).setdefault(f, dict(a=[], b=[]))
+        out[meth][f]["a"].append(v); out[meth][f]["b"].append(by[(baseline, f, seed)])
+    for per in out.values():
+        for c in per.values():
+            a, b = c.pop("a"), c.pop("b")
+            d = [x - y for x, y in zip(a, b)]
+            p = None
+            if len(d) > 1:
+                if statistics.pstdev(d) > 0: p = float(ttest_rel(a, b).pvalue)
+                else: p = 0.0 if d[0] != 0 else 1.0       # identical differences: the t statistic is undefined
+            c.update(diffs=d, mean=statistics.mean(d), std=statistics.stdev(d) if len(d) > 1 else 0.0, n=len(d),
+                     wins=sum(x > 0 for x in d), p=p)
+    return out
+
+def paired_markdown(results:list[dict], baseline:str="vanilla")->str:
+    "The paired comparison as a table: mean +- std of the per-seed difference, seeds won, paired t-test p."
+    s = paired(results, baseline)
+    if not s: return ""
+    fracs = sorted({f for per in s.values() for f in per})
+    metric = next((r["metrics"]["metric"] for r in results if "metrics" in r), "top1")
+    unit = "top-1 points" if metric == "top1" else "perplexity lower by"
+    lines = [f"| vs {baseline}, paired by seed ({unit}) | " + " | ".join(f"{f * 100:g}%" for f in fracs) + " |",
+             "|---" * (len(fracs) + 1) + "|"]
+    for meth, per in s.items():
+        cells = [(f"{per[f]['mean']:+.1f} ± {per[f]['std']:.1f}, {per[f]['wins']}/{per[f]['n']} seeds"
+                  + (f", p={per[f]['p']:.2g}" if per[f]["p"] is not None else "")) if f in per else "–" for f in fracs]
+        lines.append(f"| {meth} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
 def plot_sweep(results:list[dict], ax=None):
     "Metric against data fraction, one line per method (mean +- std over seeds); returns the figure."
     import matplotlib.pyplot as plt
@@ -123,14 +172,19 @@ def plot_sweep(results:list[dict], ax=None):
     ax.legend(); ax.grid(alpha=0.3); fig.tight_layout()
     return fig
 
-def write_sweep(results:list[dict], out_dir, name:str="sweep")->dict:
-    "Write `<name>.json` (every cell), `<name>.md` (the table) and `<name>.png` (the plot) to `out_dir`; returns the paths."
+def write_sweep(results:list[dict], out_dir, name:str="sweep", baseline:str|None="vanilla")->dict:
+    """Write `<name>.json` (every cell), `<name>.md` (the table, then the paired comparison with `baseline` when it
+    is in the sweep) and `<name>.png` (the plot) to `out_dir`; returns the paths."""
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     slim = [{k: v for k, v in r.items() if k != "metrics"} | ({"student": r["metrics"]["student"], "teacher": r["metrics"]["teacher"],
              "metric": r["metrics"]["metric"], "steps": r["metrics"]["steps"], "n_train": r["metrics"]["data"]["n_train"],
              "wall_time": r["metrics"]["wall_time"]} if "metrics" in r else {}) for r in results]
     paths = dict(json=out / f"{name}.json", md=out / f"{name}.md", png=out / f"{name}.png")
-    paths["json"].write_text(json.dumps(dict(cells=slim, summary=summarise(results)), indent=1, default=str) + "\n")
-    paths["md"].write_text(table_markdown(results) + "\n")
+    has_base = baseline is not None and any(r["method"] == baseline and "metrics" in r for r in results)
+    pair = paired(results, baseline) if has_base else {}
+    paths["json"].write_text(json.dumps(dict(cells=slim, summary=summarise(results), paired=dict(baseline=baseline if has_base else None, methods=pair)),
+                                        indent=1, default=str) + "\n")
+    md = table_markdown(results) + ("\n\n" + paired_markdown(results, baseline) if pair else "")
+    paths["md"].write_text(md + "\n")
     plot_sweep(results).savefig(paths["png"], dpi=120)
     return paths
