@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch.utils.data import TensorDataset
 
 from ..core import CabError, bad_value, check_choice, check_range
@@ -150,6 +151,10 @@ def to_student_tokens(t:torch.Tensor, index:torch.Tensor|None, dim:int=1)->torch
     "Teacher tokens -> the student's order along `dim` (`index` from `Vim.teacher_token_index`; None: unchanged)."
     return t if index is None else t.index_select(dim, index.to(t.device))
 
+def _layer_align(bridge:Bridge, l:int, names:list, inputs:list, tgt:dict)->torch.Tensor:
+    "One student layer's summed mse of the bridged B/C against the teacher targets (tensors in, so it can be recomputed)."
+    return sum(F.mse_loss(bridge(n, l, up(x)), tgt[n[0]]) for n, x in zip(names, inputs))
+
 def cab_align_loss(
     bridge:Bridge,             # per-layer MLPs
     bc:list,                   # L dicts with the student's 'B', 'C' (and 'B_b', 'C_b'): (batch, tokens, in_dim)
@@ -157,16 +162,21 @@ def cab_align_loss(
     k:list,                    # T teacher K's, (batch, teacher tokens, H_kv*d_h)
     kernel:str='softmax',      # teacher-side kernel
     token_index:torch.Tensor|None=None,  # teacher -> student token order (vision); None: same order
+    checkpoint:bool=True,      # recompute each layer's bridge in the backward pass instead of keeping its activations
 )->torch.Tensor:               # scalar
     "CAB's alignment: mean over student layers of the summed mse of each bridged B/C against its teacher K/Q."
     if len(bc) != bridge.n_layers: raise bad_value('bc', f"{len(bc)} layers", f"one entry per bridge layer ({bridge.n_layers})")
-    g, total = layer_map(len(bc), len(q)), 0.0
+    g, total, targets, names = layer_map(len(bc), len(q)), 0.0, {}, bridge.names()
     for l, aux in enumerate(bc):
-        tgt = {'B': teacher_kernel(to_student_tokens(k[g[l]], token_index).float(), 'k', kernel),
-               'C': teacher_kernel(to_student_tokens(q[g[l]], token_index).float(), 'q', kernel)}
-        for name in bridge.names():
-            y = tgt[name[0]].flip(1) if name.endswith('_b') else tgt[name[0]]   # backward scan: reversed tokens
-            total = total + F.mse_loss(bridge(name, l, up(aux[name])), y)
+        if g[l] not in targets:           # one target per teacher layer, shared by the student layers mapped to it
+            targets[g[l]] = {'B': teacher_kernel(to_student_tokens(k[g[l]], token_index).float(), 'k', kernel),
+                             'C': teacher_kernel(to_student_tokens(q[g[l]], token_index).float(), 'q', kernel)}
+        # the backward scan's B/C are in reversed token order; phi acts per token, so reversing its (narrow) input
+        # equals reversing its output, and the targets stay in token order
+        inputs = [aux[n].flip(1) if n.endswith('_b') else aux[n] for n in names]
+        if checkpoint and torch.is_grad_enabled():
+            total = total + torch.utils.checkpoint.checkpoint(_layer_align, bridge, l, names, inputs, targets[g[l]], use_reentrant=False)
+        else: total = total + _layer_align(bridge, l, names, inputs, targets[g[l]])
     return total / len(bc)
 
 def soft_kd_loss(s:torch.Tensor, t:torch.Tensor, tau:float=1.0)->torch.Tensor:
