@@ -38,6 +38,7 @@ VISION_METHODS = [
     ("mohawk_orient", "mohawk", "orient", {}, "MOHAWK stage 1: Vim's per-channel matrices (b, E, l, l) per direction, averaged per head"),
 ]
 PROFILED = ("soft_kd", "cab", "cab_align", "mohawk_orient")
+VISION_PROFILED = ("soft_kd", "cab")
 
 
 def settings(smoke:bool, section:str)->dict:
@@ -279,11 +280,11 @@ def run_vision(out_path, env:dict, smoke:bool, cap_s:float, strict:bool=False)->
         step, why = guard(lambda: StageStep(_build(name, teacher, vision_student(pair, dev), opts), stage, dev))
         if step is None:
             sec.skip(why, method=label); continue
-        b, r = st["batch"][label], None
+        b, r, box = st["batch"][label], None, {}
         while r is None and b >= 1:
             def point():
-                batch = vision_batch(teacher.num_classes, b, pair.img_size, dev)
-                return measure(lambda: step(batch), dev, warmup=2, min_reps=3, max_reps=st["max_reps"],
+                box["batch"] = vision_batch(teacher.num_classes, b, pair.img_size, dev)
+                return measure(lambda: step(box["batch"]), dev, warmup=2, min_reps=3, max_reps=st["max_reps"],
                                budget_s=st["point_budget_s"], cap_s=max(mdl.left() - 1, 0.1))
             r, why = guard(point)
             if r is None:
@@ -296,6 +297,13 @@ def run_vision(out_path, env:dict, smoke:bool, cap_s:float, strict:bool=False)->
                        peak_gb=None if r["peak_bytes"] is None else r["peak_bytes"] / GB,
                        static_gb=None if r["base_bytes"] is None else r["base_bytes"] / GB,
                        params_student=n_params(step.module.student), trainable=step.trainable)
+            if label in VISION_PROFILED and mdl.left() > 2 * r["ms"] / 1e3 * 5:     # phases (3 steps) and one profiled step
+                batch = box["batch"]
+                row["phases"], why = guard(lambda: phases(step, batch))
+                if why: row["phases_error"] = why
+                row["profile"], why = guard(lambda: profile(step, batch, Path(out_path).parent / f"profile_vision_{label}.txt", label))
+                if why: row["profile_error"] = why
+            box.clear()
             sec.add(row)
             log(f"[vision] {label:14s} b={b:<4d} {r['ms']:9.1f} ms {row['images_per_s']:9.1f} img/s")
         step.release(); step = None; free_memory()

@@ -238,18 +238,25 @@ def step_tables(step)->str:
     for s in step.get("skipped", []):
         if "L" in s: rows.append([s["method"], s["L"], s.get("batch", "-"), s["why"], "", "", "", "", "", ""])
     out.append(table(["method", "L", "batch", "ms / step", "reps", "tokens/s", "peak GB", "static GB", "time / soft_kd", "peak / soft_kd"], rows))
-    ph = [(r["method"], r["phases"]) for r in step["results"] if r.get("phases")]
+    out += _breakdown(step["results"], f"at L={st['ref_len']}")
+    return "\n\n".join(out)
+
+
+def _breakdown(results, where:str)->list:
+    "The phase table and the profile links of the rows that have them."
+    out = []
+    ph = [(r["method"], r["phases"]) for r in results if r.get("phases")]
     if ph:
-        out.append(f"### Where one step goes at L={st['ref_len']} (median of instrumented steps; memory after each phase)\n" + table(
+        out.append(f"### Where one step goes {where} (median of instrumented steps; memory after each phase)\n" + table(
             ["method", "teacher fwd ms", "student fwd ms", "rest of fwd ms", "backward ms", "optimizer ms", "total ms",
              "teacher outputs GB", "after forward GB", "peak GB"],
             [[m, f(p["teacher_forward_ms"], 1), f(p["student_forward_ms"], 1), f(p["other_forward_ms"], 1), f(p["backward_ms"], 1),
               f(p["optimizer_ms"], 1), f(p["total_ms"], 1), f(p.get("teacher_outputs_gb")), f(p.get("after_forward_gb")), f(p.get("peak_gb"))]
              for m, p in ph]))
-    pf = [(r["method"], r["profile"]) for r in step["results"] if r.get("profile")]
+    pf = [(r["method"], r["profile"]) for r in results if r.get("profile")]
     if pf:
         out.append("Profiles (torch.profiler, one step after warm-up): " + ", ".join(f"[{m}]({p['file']})" for m, p in pf) + ".")
-    return "\n\n".join(out)
+    return out
 
 
 def vision_tables(vis)->str:
@@ -259,7 +266,7 @@ def vision_tables(vis)->str:
              f(r["images_per_s"] / kd["images_per_s"]) if kd else "-"] for r in vis["results"]]
     return "\n\n".join(x for x in [f"Pair: {st['pair']['label']}; {st['precision']}; {st['optimizer']}.",
                                    table(["method", "what", "batch", "ms / step", "reps", "images/s", "peak GB", "static GB", "images/s vs soft_kd"], rows),
-                                   _skips(vis)] if x)
+                                   *_breakdown(vis["results"], "at each method's batch"), _skips(vis)] if x)
 
 
 def gen_tables(gen)->str:
