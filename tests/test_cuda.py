@@ -191,3 +191,30 @@ def test_generate_cuda_graph_matches_eager(name, amp):
         ids_g, lg_g = lm.generate(prompt, max_new_tokens=20, return_logits=True, cuda_graph=True)
     assert torch.equal(ids_e, ids_g)
     assert rel(lg_g, lg_e) < (1e-5 if not amp else 1e-2)
+
+
+def test_cab_align_stacked_bf16_matches_per_layer():
+    "CAB's stacked, checkpointed alignment under bf16 autocast vs the per-layer definition, at Vim-Tiny's shapes."
+    import torch.nn.functional as F
+    from cab_bench.distill.core import Bridge, cab_align_loss, layer_map, teacher_kernel
+    seed_everything(0)
+    L, T, b, l, N, D = 24, 12, 32, 197, 16, 192
+    br = Bridge(L, N, D, D, hidden=128, bidirectional=True).to(DEV)
+    bc = [{n: torch.randn(b, l, N, device=DEV, dtype=torch.bfloat16, requires_grad=True) for n in br.names()} for _ in range(L)]
+    q = [torch.randn(b, l, D, device=DEV, dtype=torch.bfloat16) for _ in range(T)]
+    k = [torch.randn(b, l, D, device=DEV, dtype=torch.bfloat16) for _ in range(T)]
+    g = layer_map(L, T)
+    out = {}
+    for how in ("stacked", "per_layer"):
+        br.zero_grad(); [t.grad.zero_() for d in bc for t in d.values() if t.grad is not None]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if how == "stacked": loss = cab_align_loss(br, bc, q, k)
+            else:
+                tgt = lambda n, j: teacher_kernel((k if n[0] == "B" else q)[j].float(), "k" if n[0] == "B" else "q")
+                loss = sum(F.mse_loss(br(n, i, bc[i][n].float()), tgt(n, g[i]).flip(1) if n.endswith("_b") else tgt(n, g[i]))
+                           for i in range(L) for n in br.names()) / L
+        loss.backward()
+        out[how] = (loss.detach(), [p.grad.clone() for p in br.parameters()] + [t.grad.clone() for d in bc for t in d.values()])
+    assert rel(out["stacked"][0], out["per_layer"][0]) < 1e-2
+    worst = max(rel(a, b_) for a, b_ in zip(out["stacked"][1], out["per_layer"][1]))
+    assert worst < 3e-2, worst

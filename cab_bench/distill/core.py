@@ -151,9 +151,22 @@ def to_student_tokens(t:torch.Tensor, index:torch.Tensor|None, dim:int=1)->torch
     "Teacher tokens -> the student's order along `dim` (`index` from `Vim.teacher_token_index`; None: unchanged)."
     return t if index is None else t.index_select(dim, index.to(t.device))
 
-def _layer_align(bridge:Bridge, l:int, names:list, inputs:list, tgt:dict)->torch.Tensor:
-    "One student layer's summed mse of the bridged B/C against the teacher targets (tensors in, so it can be recomputed)."
-    return sum(F.mse_loss(bridge(n, l, up(x)), tgt[n[0]]) for n, x in zip(names, inputs))
+def _stacked_bridge(bridge:Bridge, name:str, X:torch.Tensor)->torch.Tensor:
+    "Every layer's phi_name at once: X (L, n, in_dim) -> (L, n, out) with batched matmuls over the stacked weights."
+    mlps = bridge.phi[name]
+    W1, b1 = torch.stack([m[0].weight for m in mlps]).transpose(1, 2), torch.stack([m[0].bias for m in mlps])[:, None]
+    W2, b2 = torch.stack([m[2].weight for m in mlps]).transpose(1, 2), torch.stack([m[2].bias for m in mlps])[:, None]
+    return torch.baddbmm(b2, F.silu(torch.baddbmm(b1, X, W1)), W2)
+
+def _align_sum(bridge:Bridge, X:dict, targets:dict, runs:list)->torch.Tensor:
+    "Sum over student layers and bridge parts of the mse; `runs`: (teacher layer, first, end) of student layers mapped to it."
+    total = 0.0
+    for name, x in X.items():
+        Y = _stacked_bridge(bridge, name, x)                                          # (L, n, out)
+        for j, a, e in runs:
+            t = targets[j][name[0]]
+            total = total + F.mse_loss(Y[a:e], t.expand(e - a, *t.shape)) * (e - a)     # = the sum of the per-layer mses
+    return total
 
 def cab_align_loss(
     bridge:Bridge,             # per-layer MLPs
@@ -162,21 +175,24 @@ def cab_align_loss(
     k:list,                    # T teacher K's, (batch, teacher tokens, H_kv*d_h)
     kernel:str='softmax',      # teacher-side kernel
     token_index:torch.Tensor|None=None,  # teacher -> student token order (vision); None: same order
-    checkpoint:bool=True,      # recompute each layer's bridge in the backward pass instead of keeping its activations
+    checkpoint:bool=True,      # recompute the bridges in the backward pass instead of keeping their activations
 )->torch.Tensor:               # scalar
     "CAB's alignment: mean over student layers of the summed mse of each bridged B/C against its teacher K/Q."
     if len(bc) != bridge.n_layers: raise bad_value('bc', f"{len(bc)} layers", f"one entry per bridge layer ({bridge.n_layers})")
-    g, total, targets, names = layer_map(len(bc), len(q)), 0.0, {}, bridge.names()
-    for l, aux in enumerate(bc):
-        if g[l] not in targets:           # one target per teacher layer, shared by the student layers mapped to it
-            targets[g[l]] = {'B': teacher_kernel(to_student_tokens(k[g[l]], token_index).float(), 'k', kernel),
-                             'C': teacher_kernel(to_student_tokens(q[g[l]], token_index).float(), 'q', kernel)}
+    g = layer_map(len(bc), len(q))
+    runs = [(j, g.index(j), len(g) - g[::-1].index(j)) for j in sorted(set(g))]    # g is non-decreasing: runs are contiguous
+    targets = {j: {'B': teacher_kernel(to_student_tokens(k[j], token_index).float(), 'k', kernel),
+                   'C': teacher_kernel(to_student_tokens(q[j], token_index).float(), 'q', kernel)} for j, _, _ in runs}
+    targets = {j: {p: t.flatten(0, -2) for p, t in d.items()} for j, d in targets.items()}
+    X = {}
+    for name in bridge.names():
+        x = torch.stack([up(aux[name]) for aux in bc])                                # (L, batch, tokens, in_dim)
         # the backward scan's B/C are in reversed token order; phi acts per token, so reversing its (narrow) input
         # equals reversing its output, and the targets stay in token order
-        inputs = [aux[n].flip(1) if n.endswith('_b') else aux[n] for n in names]
-        if checkpoint and torch.is_grad_enabled():
-            total = total + torch.utils.checkpoint.checkpoint(_layer_align, bridge, l, names, inputs, targets[g[l]], use_reentrant=False)
-        else: total = total + _layer_align(bridge, l, names, inputs, targets[g[l]])
+        X[name] = (x.flip(2) if name.endswith('_b') else x).flatten(1, 2)
+    if checkpoint and torch.is_grad_enabled():
+        total = torch.utils.checkpoint.checkpoint(_align_sum, bridge, X, targets, runs, use_reentrant=False)
+    else: total = _align_sum(bridge, X, targets, runs)
     return total / len(bc)
 
 def soft_kd_loss(s:torch.Tensor, t:torch.Tensor, tau:float=1.0)->torch.Tensor:
