@@ -158,14 +158,12 @@ def _stacked_bridge(bridge:Bridge, name:str, X:torch.Tensor)->torch.Tensor:
     W2, b2 = torch.stack([m[2].weight for m in mlps]).transpose(1, 2), torch.stack([m[2].bias for m in mlps])[:, None]
     return torch.baddbmm(b2, F.silu(torch.baddbmm(b1, X, W1)), W2)
 
-def _align_sum(bridge:Bridge, X:dict, targets:dict, runs:list)->torch.Tensor:
-    "Sum over student layers and bridge parts of the mse; `runs`: (teacher layer, first, end) of student layers mapped to it."
-    total = 0.0
-    for name, x in X.items():
-        Y = _stacked_bridge(bridge, name, x)                                          # (L, n, out)
-        for j, a, e in runs:
-            t = targets[j][name[0]]
-            total = total + F.mse_loss(Y[a:e], t.expand(e - a, *t.shape)) * (e - a)     # = the sum of the per-layer mses
+def _align_part(bridge:Bridge, name:str, x:torch.Tensor, targets:dict, runs:list)->torch.Tensor:
+    "Sum over student layers of one bridge part's mse; `runs`: (teacher layer, first, end) of the student layers mapped to it."
+    Y, total = _stacked_bridge(bridge, name, x), 0.0                                # (L, n, out)
+    for j, a, e in runs:
+        t = targets[j][name[0]]
+        total = total + F.mse_loss(Y[a:e], t.expand(e - a, *t.shape)) * (e - a)         # = the sum of the per-layer mses
     return total
 
 def cab_align_loss(
@@ -190,9 +188,11 @@ def cab_align_loss(
         # the backward scan's B/C are in reversed token order; phi acts per token, so reversing its (narrow) input
         # equals reversing its output, and the targets stay in token order
         X[name] = (x.flip(2) if name.endswith('_b') else x).flatten(1, 2)
-    if checkpoint and torch.is_grad_enabled():
-        total = torch.utils.checkpoint.checkpoint(_align_sum, bridge, X, targets, runs, use_reentrant=False)
-    else: total = _align_sum(bridge, X, targets, runs)
+    ckpt = checkpoint and torch.is_grad_enabled()
+    total = 0.0
+    for name, x in X.items():      # one checkpoint per part: the backward pass recomputes one part's bridges at a time
+        total = total + (torch.utils.checkpoint.checkpoint(_align_part, bridge, name, x, targets, runs, use_reentrant=False)
+                         if ckpt else _align_part(bridge, name, x, targets, runs))
     return total / len(bc)
 
 def soft_kd_loss(s:torch.Tensor, t:torch.Tensor, tau:float=1.0)->torch.Tensor:
