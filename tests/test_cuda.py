@@ -193,8 +193,9 @@ def test_generate_cuda_graph_matches_eager(name, amp):
     assert rel(lg_g, lg_e) < (1e-5 if not amp else 1e-2)
 
 
-def test_cab_align_stacked_bf16_matches_per_layer():
-    "CAB's stacked, checkpointed alignment under bf16 autocast vs the per-layer definition, at Vim-Tiny's shapes."
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_cab_align_stacked_bf16_matches_per_layer(ckpt):
+    "CAB's stacked alignment (plain and checkpointed) under bf16 autocast vs the per-layer definition, at Vim-Tiny's shapes."
     import torch.nn.functional as F
     from cab_bench.distill.core import Bridge, cab_align_loss, layer_map, teacher_kernel
     seed_everything(0)
@@ -208,7 +209,7 @@ def test_cab_align_stacked_bf16_matches_per_layer():
     for how in ("stacked", "per_layer"):
         br.zero_grad(); [t.grad.zero_() for d in bc for t in d.values() if t.grad is not None]
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            if how == "stacked": loss = cab_align_loss(br, bc, q, k)
+            if how == "stacked": loss = cab_align_loss(br, bc, q, k, checkpoint=ckpt)
             else:
                 tgt = lambda n, j: teacher_kernel((k if n[0] == "B" else q)[j].float(), "k" if n[0] == "B" else "q")
                 loss = sum(F.mse_loss(br(n, i, bc[i][n].float()), tgt(n, g[i]).flip(1) if n.endswith("_b") else tgt(n, g[i]))

@@ -173,7 +173,7 @@ def cab_align_loss(
     k:list,                    # T teacher K's, (batch, teacher tokens, H_kv*d_h)
     kernel:str='softmax',      # teacher-side kernel
     token_index:torch.Tensor|None=None,  # teacher -> student token order (vision); None: same order
-    checkpoint:bool=True,      # recompute the bridges in the backward pass instead of keeping their activations
+    checkpoint:bool=False,     # recompute the bridges in the backward pass instead of keeping their activations
 )->torch.Tensor:               # scalar
     "CAB's alignment: mean over student layers of the summed mse of each bridged B/C against its teacher K/Q."
     if len(bc) != bridge.n_layers: raise bad_value('bc', f"{len(bc)} layers", f"one entry per bridge layer ({bridge.n_layers})")
@@ -260,7 +260,7 @@ def _hard(ctx): "Hard KD: CE on the teacher's argmax."; return hard_kd_loss(ctx.
 def _align(ctx):
     "CAB's bridge alignment of the student's B/C to the teacher's K/Q."
     m, t = ctx.module, ctx.teacher
-    return cab_align_loss(m.bridge, ctx.student.bc, t.q, t.k, m.kernel, m.token_index)
+    return cab_align_loss(m.bridge, ctx.student.bc, t.q, t.k, m.kernel, m.token_index, m.align_checkpoint)
 
 # %% ../../nbs/30_distill.core.ipynb #c2471269
 class DistillModule(nn.Module):
@@ -274,6 +274,7 @@ class DistillModule(nn.Module):
         tau:float=1.0,                 # soft-KD temperature
         kernel:str='softmax',          # teacher-side kernel of 'align'
         rope:str='post',               # RoPE teachers: align to Q/K 'post' or 'pre' rotary embedding
+        align_checkpoint:bool=False,   # 'align' recomputes the bridges in the backward pass (less memory, a little more time)
     ):
         super().__init__()
         self.terms = tuple(dict.fromkeys(terms))
@@ -283,7 +284,8 @@ class DistillModule(nn.Module):
         check_range('tau', tau, 0, lo_open=True); check_choice('kernel', kernel, KERNELS); check_choice('rope', rope, ('pre', 'post'))
         self.teacher, self.student, self.bridge = teacher.requires_grad_(False), student, bridge
         self.extras = nn.ModuleDict(extras or {})
-        self.tau, self.kernel, self.rope, self.kind = float(tau), kernel, rope, teacher.kind
+        if not isinstance(align_checkpoint, bool): raise bad_value('align_checkpoint', align_checkpoint, "True or False")
+        self.tau, self.kernel, self.rope, self.kind, self.align_checkpoint = float(tau), kernel, rope, teacher.kind, align_checkpoint
         idx = student.teacher_token_index(teacher.num_prefix_tokens) if teacher.kind == 'vision' and hasattr(student, 'teacher_token_index') else None
         self.register_buffer('token_index', idx, persistent=False)
         self.active_terms = set(self.terms)
