@@ -80,6 +80,10 @@ def test_step_every_method_length_and_the_breakdowns(smoke):
         assert p["top_time"] and (out / p["file"]).exists()
     assert {r["method"] for r in vis["results"]} == set(VISION_LABELS)
     for r in vis["results"]: finite_positive(r, "ms", "images_per_s", "batch")
+    vprof = {r["method"]: r for r in vis["results"] if r.get("profile")}
+    assert set(vprof) == {"soft_kd", "cab"}
+    for r in vprof.values():
+        assert r["phases"]["total_ms"] > 0 and (out / r["profile"]["file"]).exists()
 
 
 def test_generation_every_point(smoke):
@@ -187,3 +191,19 @@ def test_compare_reruns(smoke, tmp_path):
         (slow / f"{s}.json").write_text(json.dumps(d))
     moved = compare.compare(out, slow)
     assert "**moved**" in moved and "+200.0%" in moved
+
+
+def test_align_checkpoint_script(tmp_path):
+    "bench/align_checkpoint.py on the CPU: both settings of every CAB case, next to soft_kd, timed and written."
+    out = tmp_path / "ac.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "align_checkpoint.py"), "--smoke", "--rounds", "2", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    res = json.loads(out.read_text())["results"]
+    cab = [x for x in res if x["method"] == "cab"]
+    assert {(x["label"], x["align_checkpoint"]) for x in cab} == {(l, s) for l in ("vision cab", "lm cab one stage", "lm cab align stage")
+                                                                   for s in (True, False)}
+    assert {x["label"] for x in res if x["method"] == "soft_kd"} == {"vision soft_kd", "lm soft_kd"}
+    for x in res:
+        finite_positive(x, "ms")
+        assert len(x["ms_rounds"]) == 2
