@@ -170,7 +170,7 @@ class DigitsDataset(Dataset):
             x = F.interpolate(x[None], size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)[0]
         return (x.expand(self.channels, -1, -1) - self.mean) / self.std, self.targets[i]   # (C, H, W), int
 
-# %% ../nbs/40_data.ipynb #71d3eecd
+# %% ../nbs/40_data.ipynb #89a0a15c
 def augment_seed(
     seed:int,    # the run's seed
     epoch:int,   # the epoch the item is drawn in
@@ -248,7 +248,7 @@ class DigitsAugment:
 
     def __repr__(self): return f"DigitsAugment(shift={self.shift}, rotate={self.rotate}, scale={self.scale})"
 
-# %% ../nbs/40_data.ipynb #89a0a15c
+# %% ../nbs/40_data.ipynb #18bd2c26
 _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 def _pil_loader(path, mode:str="RGB"):
@@ -309,7 +309,7 @@ def write_image_folder(
                 Image.fromarray(px).save(Path(root) / split / c / f"{c}_{i}.png")
     return Path(root)
 
-# %% ../nbs/40_data.ipynb #18bd2c26
+# %% ../nbs/40_data.ipynb #9ef87877
 STDLIB_EXCLUDED_DIRS = ("test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__")
 
 @dataclass
@@ -362,7 +362,7 @@ def stdlib_corpus(val_frac:float=0.02, root=None)->Corpus:
     return split_docs(f"stdlib{v.major}.{v.minor}", f"Python {v.major}.{v.minor}.{v.micro} standard-library source",
                       names, docs, val_frac, sorted(excluded))
 
-# %% ../nbs/40_data.ipynb #f010cd4a
+# %% ../nbs/40_data.ipynb #705598b3
 def _is_glob(s:str)->bool: return any(ch in s for ch in "*?[")
 
 def text_files(spec:str)->tuple[Path, list[str]]:
@@ -420,7 +420,7 @@ def hf_corpus(ds, text_column:str="text", val_frac:float=0.02, name:str="hf")->C
     return split_docs(name, f"dataset {name}: {len(texts)} rows", [f"row:{i}" for i in range(len(texts))],
                       [t.encode() for t in texts], val_frac)
 
-# %% ../nbs/40_data.ipynb #705598b3
+# %% ../nbs/40_data.ipynb #fee73f59
 BYTE_OFFSET, BYTE_EOS = 3, 1     # ByT5: byte b -> id b + 3; </s> = 1 ends a document
 
 def byte_ids(docs:list)->np.ndarray:
@@ -481,7 +481,7 @@ def corpus_tokens(corpus:Corpus, split:str, tokenizer=None, cache_dir=None)->np.
             tokenizer_class=type(tokenizer).__name__, corpus_sha256=corpus.sha256(split))))
     return np.load(path, mmap_mode="r")
 
-# %% ../nbs/40_data.ipynb #a1a6636e
+# %% ../nbs/40_data.ipynb #645c5266
 def train_tiny_tokenizer(texts:list, vocab_size:int=300):
     "Test helper: a byte-level BPE tokenizer (GPT-2 style, EOS `<|endoftext|>`) trained offline on `texts`."
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -492,7 +492,7 @@ def train_tiny_tokenizer(texts:list, vocab_size:int=300):
                                                        show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
 
-# %% ../nbs/40_data.ipynb #645c5266
+# %% ../nbs/40_data.ipynb #f07afba5
 class TokenBlocks(Dataset):
     "Next-token blocks over a 1-D token array: item i = (tokens[i*L : i*L+L], tokens[i*L+1 : i*L+L+1]), int64."
     def __init__(self,
@@ -522,7 +522,7 @@ class TokenBlocks(Dataset):
         block = torch.from_numpy(np.array(self.tokens[s:s + self.seq_len + 1], dtype=np.int64))   # (L + 1,)
         return block[:-1], block[1:]                                                             # (L,), (L,)
 
-# %% ../nbs/40_data.ipynb #f07afba5
+# %% ../nbs/40_data.ipynb #c7a3ecce
 DATA_SPECS = {"digits": "vision", "imagefolder:<root>": "vision", "stdlib": "language", "text:<path|dir|glob>": "language"}
 
 @dataclass
@@ -591,8 +591,7 @@ def build_datasets(
                         + ", ".join(repr(k) for k, v in DATA_SPECS.items() if v == task))
     if kind == "stdlib": return lm_bundle(stdlib_corpus(val_frac or 0.02), seq_len, tokenizer, cache_dir, data)
     if kind == "text": return lm_bundle(text_corpus(arg, val_frac or 0.02), seq_len, tokenizer, cache_dir, data)
-    if isinstance(augment, bool): pass
-    elif not isinstance(augment, dict) or kind != "digits":
+    if not isinstance(augment, bool) and (not isinstance(augment, dict) or kind != "digits"):
         raise bad_value("augment", augment, "True or False" + (", or a dict of DigitsAugment settings (shift, rotate, scale)"
                                                                  if kind == "digits" else f" for data={data!r}"))
     if kind == "imagefolder":

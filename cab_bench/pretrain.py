@@ -98,14 +98,13 @@ def pretrain_vision_teacher(
     from cab_bench.models.teachers import SIDECAR_FORMAT, sidecar_path
     _check_train_args(steps, batch_size, lr, seed)
     check_range("shift", shift, 0, 3, kind=int)
-    if not isinstance(augment, (bool, dict)): raise bad_value("augment", augment, "True, False or a dict of DigitsAugment settings")
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    b = build_datasets("digits", "vision", channels=1, img_size=8, augment=augment)    # checks `augment` before anything is written
+    aug = b.augment                                              # None when off
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     spec = VISION_TEACHER
     model = timm.create_model(spec["model"], pretrained=False, **spec["model_kwargs"])
-    b = build_datasets("digits", "vision", channels=1, img_size=8, augment=augment)
-    aug = b.augment                                              # None when off
     xs = torch.stack([b.train[i][0] for i in range(len(b.train))]); ys = torch.tensor([b.train[i][1] for i in range(len(b.train))])
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

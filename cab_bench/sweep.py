@@ -19,7 +19,7 @@ from .experiment import DistillConfig, run
 
 # %% auto #0
 __all__ = ['grid', 'cell_state', 'run_sweep', 'summarise', 'teacher_metric', 'table_markdown', 'paired', 'paired_markdown',
-           'plot_sweep', 'write_sweep']
+           'sweep_markdown', 'plot_sweep', 'write_sweep']
 
 # %% ../nbs/75_sweep.ipynb #c803df97
 def _as_list(name:str, v, kind, words:str)->list:
@@ -155,6 +155,12 @@ def paired_markdown(results:list[dict], baseline:str="vanilla")->str:
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
+def sweep_markdown(results:list[dict], baseline:str|None="vanilla")->str:
+    "The table, then the paired comparison with `baseline` when it and another method have finished cells."
+    done = {r["method"] for r in results if "metrics" in r}
+    md = table_markdown(results)
+    return md + "\n\n" + paired_markdown(results, baseline) if baseline in done and len(done) > 1 else md
+
 def plot_sweep(results:list[dict], ax=None):
     "Metric against data fraction, one line per method (mean +- std over seeds); returns the figure."
     import matplotlib.pyplot as plt
@@ -180,11 +186,9 @@ def write_sweep(results:list[dict], out_dir, name:str="sweep", baseline:str|None
              "metric": r["metrics"]["metric"], "steps": r["metrics"]["steps"], "n_train": r["metrics"]["data"]["n_train"],
              "wall_time": r["metrics"]["wall_time"]} if "metrics" in r else {}) for r in results]
     paths = dict(json=out / f"{name}.json", md=out / f"{name}.md", png=out / f"{name}.png")
-    has_base = baseline is not None and any(r["method"] == baseline and "metrics" in r for r in results)
-    pair = paired(results, baseline) if has_base else {}
-    paths["json"].write_text(json.dumps(dict(cells=slim, summary=summarise(results), paired=dict(baseline=baseline if has_base else None, methods=pair)),
-                                        indent=1, default=str) + "\n")
-    md = table_markdown(results) + ("\n\n" + paired_markdown(results, baseline) if pair else "")
-    paths["md"].write_text(md + "\n")
+    has_base = any(r["method"] == baseline and "metrics" in r for r in results)
+    pair = dict(baseline=baseline, methods=paired(results, baseline)) if has_base else None
+    paths["json"].write_text(json.dumps(dict(cells=slim, summary=summarise(results), paired=pair), indent=1, default=str) + "\n")
+    paths["md"].write_text(sweep_markdown(results, baseline) + "\n")
     plot_sweep(results).savefig(paths["png"], dpi=120)
     return paths

@@ -2,6 +2,7 @@
 
 The GPU configuration is the same code with larger shapes (`python bench/run_all.py` on a CUDA machine).
 """
+import importlib
 import json
 import math
 import subprocess
@@ -16,14 +17,26 @@ LM_LABELS = ("soft_kd", "cab", "mohawk_orient", "cab_align", "hedgemamba_hedgeho
 VISION_LABELS = ("soft_kd", "cab", "mohawk_orient")
 
 
+def run_script(name:str, *args)->str:
+    "Run `bench/<name>` in a fresh interpreter; it must succeed. Returns its standard output."
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / name), *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return r.stdout
+
+
+def bench_module(name:str):
+    "Import a module of `bench/` (not a package) for its functions."
+    sys.path.insert(0, str(ROOT / "bench"))
+    try: return importlib.import_module(name)
+    finally: sys.path.pop(0)
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     "Run the whole suite once (about 15-30 s on two cores) and hand its folder and output to the tests."
     out = tmp_path_factory.mktemp("bench")
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--smoke", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    return out, r.stdout, {s: json.loads((out / f"{s}.json").read_text()) for s in (*SECTIONS, "run")}
+    stdout = run_script("run_all.py", "--smoke", "--out", out)
+    return out, stdout, {s: json.loads((out / f"{s}.json").read_text()) for s in (*SECTIONS, "run")}
 
 
 def finite_positive(row, *keys):
@@ -109,11 +122,7 @@ def test_summary_states_the_targets(smoke):
 
 
 def test_verdict_wording():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import summary
-    finally:
-        sys.path.pop(0)
+    summary = bench_module("summary")
     assert summary.verdict(1.1, 1.15, True) == "**met**"
     assert summary.verdict(1.3, 1.15, True) == "**missed** by 13%"
     assert summary.verdict(0.35, 0.1, True) == "**missed**: 3.50x the target"
@@ -124,11 +133,7 @@ def test_verdict_wording():
 def test_sweeps_stop_at_oom(tmp_path, monkeypatch):
     "A point that runs out of GPU memory is recorded as 'oom', longer sequences of that method are skipped, the rest runs."
     import torch
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import benchlib, bench_step
-    finally:
-        sys.path.pop(0)
+    benchlib, bench_step = bench_module("benchlib"), bench_module("bench_step")
     threads = torch.get_num_threads()
     monkeypatch.setattr(benchlib, "_ON_CPU", [False])     # configure() sets this fresh flag; the module's own comes back after
     benchlib.configure(True)
@@ -148,11 +153,7 @@ def test_sweeps_stop_at_oom(tmp_path, monkeypatch):
 def test_summary_renders_gpu_shaped_results(smoke, tmp_path):
     "The summary's GPU-only branches (memory target, notes, kernel columns) on the smoke results with memory figures added."
     out, _, res = smoke
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import summary
-    finally:
-        sys.path.pop(0)
+    summary = bench_module("summary")
     res = json.loads(json.dumps(res))
     gpu = dict(name="test GPU", capability="9.0", memory_gb=141.0, multiprocessors=132, count=1, driver="x")
     for s in SECTIONS:
@@ -174,11 +175,7 @@ def test_summary_renders_gpu_shaped_results(smoke, tmp_path):
 def test_compare_reruns(smoke, tmp_path):
     "bench/compare.py: a run against itself is unchanged; a slowed point outside its noise range is reported as moved."
     out, _, res = smoke
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import compare
-    finally:
-        sys.path.pop(0)
+    compare = bench_module("compare")
     same = compare.compare(out, out)
     assert ", 0 moved" in same and "**moved**" not in same and "step time cab / soft_kd" in same
     slow = tmp_path / "slow"
@@ -196,9 +193,7 @@ def test_compare_reruns(smoke, tmp_path):
 def test_align_checkpoint_script(tmp_path):
     "bench/align_checkpoint.py on the CPU: both settings of every CAB case, next to soft_kd, timed and written."
     out = tmp_path / "ac.json"
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "align_checkpoint.py"), "--smoke", "--rounds", "2", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    run_script("align_checkpoint.py", "--smoke", "--rounds", 2, "--out", out)
     res = json.loads(out.read_text())["results"]
     cab = [x for x in res if x["method"] == "cab"]
     assert {(x["label"], x["align_checkpoint"]) for x in cab} == {(l, s) for l in ("vision cab", "lm cab one stage", "lm cab align stage")

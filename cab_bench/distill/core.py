@@ -27,9 +27,9 @@ from ..train import Stage, TrainConfig, TrainResult, check_stages, train
 # %% auto #0
 __all__ = ['VISION_FAMILIES', 'LANGUAGE_FAMILIES', 'KERNELS', 'BC_NAMES', 'LOSS_TERMS', 'METHODS', 'tiny_pair', 'random_dataset',
            'tiny_cfg', 'layer_map', 'teacher_kernel', 'student_bc_dim', 'Bridge', 'to_student_tokens', 'cab_align_loss',
-           'soft_kd_loss', 'hard_kd_loss', 'ce_loss', 'LossTerm', 'register_loss', 'StepContext', 'DistillModule',
-           'Method', 'MethodSpec', 'register_method', 'method_names', 'method_options', 'check_outputs', 'check_tokens',
-           'check_pair', 'build_method', 'Params']
+           'cab_align_loss_ref', 'soft_kd_loss', 'hard_kd_loss', 'ce_loss', 'LossTerm', 'register_loss', 'StepContext',
+           'DistillModule', 'Method', 'MethodSpec', 'register_method', 'method_names', 'method_options',
+           'check_outputs', 'check_tokens', 'check_pair', 'build_method', 'Params']
 
 # %% ../../nbs/30_distill.core.ipynb #6aabc6f0
 VISION_FAMILIES, LANGUAGE_FAMILIES = ('vit', 'deit', 'deit_distilled'), ('gpt2', 'gpt_neox', 'phi', 'llama')
@@ -179,9 +179,8 @@ def cab_align_loss(
     if len(bc) != bridge.n_layers: raise bad_value('bc', f"{len(bc)} layers", f"one entry per bridge layer ({bridge.n_layers})")
     g = layer_map(len(bc), len(q))
     runs = [(j, g.index(j), len(g) - g[::-1].index(j)) for j in sorted(set(g))]    # g is non-decreasing: runs are contiguous
-    targets = {j: {'B': teacher_kernel(to_student_tokens(k[j], token_index).float(), 'k', kernel),
-                   'C': teacher_kernel(to_student_tokens(q[j], token_index).float(), 'q', kernel)} for j, _, _ in runs}
-    targets = {j: {p: t.flatten(0, -2) for p, t in d.items()} for j, d in targets.items()}
+    targets = {j: {'B': teacher_kernel(to_student_tokens(k[j], token_index).float(), 'k', kernel).flatten(0, -2),
+                   'C': teacher_kernel(to_student_tokens(q[j], token_index).float(), 'q', kernel).flatten(0, -2)} for j, _, _ in runs}
     X = {}
     for name in bridge.names():
         x = torch.stack([up(aux[name]) for aux in bc])                                # (L, batch, tokens, in_dim)
@@ -193,6 +192,18 @@ def cab_align_loss(
     for name, x in X.items():      # one checkpoint per part: the backward pass recomputes one part's bridges at a time
         total = total + (torch.utils.checkpoint.checkpoint(_align_part, bridge, name, x, targets, runs, use_reentrant=False)
                          if ckpt else _align_part(bridge, name, x, targets, runs))
+    return total / len(bc)
+
+def cab_align_loss_ref(bridge:Bridge, bc:list, q:list, k:list, kernel:str='softmax', token_index:torch.Tensor|None=None)->torch.Tensor:
+    "`cab_align_loss` written as its definition, one student layer and part at a time: the reference the tests check it against."
+    if len(bc) != bridge.n_layers: raise bad_value('bc', f"{len(bc)} layers", f"one entry per bridge layer ({bridge.n_layers})")
+    g, total = layer_map(len(bc), len(q)), 0.0
+    for l, aux in enumerate(bc):
+        tgt = {'B': teacher_kernel(to_student_tokens(k[g[l]], token_index).float(), 'k', kernel),
+               'C': teacher_kernel(to_student_tokens(q[g[l]], token_index).float(), 'q', kernel)}
+        for name in bridge.names():
+            y = tgt[name[0]].flip(1) if name.endswith('_b') else tgt[name[0]]   # backward scan: reversed tokens
+            total = total + F.mse_loss(bridge(name, l, up(aux[name])), y)
     return total / len(bc)
 
 def soft_kd_loss(s:torch.Tensor, t:torch.Tensor, tau:float=1.0)->torch.Tensor:
