@@ -143,7 +143,7 @@ def similarity_rows(results)->list:
         per = {}
         for r in _sel(results, task, ("vanilla", "soft_kd", "cab")):
             att = r["metrics"].get("attention") or {}
-            val = att.get("mean_abs_cosine")
+            val = att.get("cosine_abs_mean")   # cosine of |M| vs the teacher: blind to the sign of B and C
             if val is not None: per.setdefault(r["method"], []).append(val)
         if not all(k in per for k in ("vanilla", "soft_kd", "cab")):
             rows.append((f"CAB Figure 3 ({task}): alignment raises attention similarity", "ViT vs Vim: ~0.35-0.53 with vs ~0.04-0.45 without",
