@@ -489,18 +489,19 @@ def _load_timm(spec, name, path, pretrained, model_kwargs):
     else:
         ckpt = Path(path).expanduser()
         if not ckpt.is_file(): raise _bad_spec(spec, f"the checkpoint file {str(ckpt)!r} does not exist")
-        side = sidecar_path(ckpt)
+        side, norm = sidecar_path(ckpt), {}
         if side.is_file():  # the keyword arguments that rebuild this checkpoint's architecture
             meta = json.loads(side.read_text())
             if meta.get('model', name).split('.')[0] != name.split('.')[0]:  # same architecture; the tag may differ
                 raise _bad_spec(spec, f"{str(side)!r} says the checkpoint is a {meta['model']!r}, not a {name!r}")
             model_kwargs = {**meta.get('model_kwargs', {}), **model_kwargs}
+            norm = {k: tuple(meta[k]) for k in ('mean', 'std') if k in meta}  # the normalisation it was trained with
         # tell timm the checkpoint's classes and input size, so it neither drops the head nor mis-reports the data
         # config, and that it is a plain state dict (some default tags are JAX .npz files: custom_load=True)
         dflt = get_pretrained_cfg(name)
         size = model_kwargs.get('img_size', dflt.input_size[1:])
         overlay = dict(file=str(ckpt), custom_load=False, num_classes=model_kwargs.get('num_classes', dflt.num_classes),
-                       input_size=(model_kwargs.get('in_chans', dflt.input_size[0]), *((size, size) if isinstance(size, int) else size)))
+                       input_size=(model_kwargs.get('in_chans', dflt.input_size[0]), *((size, size) if isinstance(size, int) else size)), **norm)
         try:
             if ckpt.suffix != '.safetensors' and not _timm_reads_weights_only(): torch.load(ckpt, map_location='cpu', weights_only=True)
             model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
