@@ -5,12 +5,17 @@
 # %% ../nbs/40_data.ipynb #ce21188c
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
 import os
+import platform
+import re
+import struct
 import sys
 import sysconfig
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
@@ -24,13 +29,16 @@ from torch.utils.data import Dataset
 from .core import CabError, bad_value, check_choice, check_range
 
 # %% auto #0
-__all__ = ['STDLIB_EXCLUDED_DIRS', 'BYTE_OFFSET', 'BYTE_EOS', 'DATA_SPECS', 'name_score', 'index_keys', 'indices_sha256',
-           'stratified_pick', 'Subset', 'subset', 'digits_split', 'DigitsDataset', 'augment_seed', 'Augmented',
-           'affine_digit', 'DigitsAugment', 'data_config_for', 'default_data_config', 'image_folder',
-           'write_image_folder', 'Corpus', 'split_docs', 'stdlib_corpus', 'text_files', 'text_corpus', 'texts_of',
-           'hf_corpus', 'byte_ids', 'is_byte_tokenizer', 'resolve_tokenizer', 'tokenizer_fingerprint',
-           'default_cache_dir', 'encode_docs', 'token_cache_path', 'corpus_tokens', 'train_tiny_tokenizer',
-           'TokenBlocks', 'DataBundle', 'lm_bundle', 'build_datasets']
+__all__ = ['FASHION_DIR', 'FASHION_PACKAGE', 'FASHION_FILES', 'FASHION_CLASSES', 'FASHION_MEAN', 'FASHION_STD',
+           'STDLIB_EXCLUDED_DIRS', 'DOC_SOURCES', 'BYTE_OFFSET', 'BYTE_EOS', 'DATA_SPECS', 'name_score', 'index_keys',
+           'indices_sha256', 'stratified_pick', 'Subset', 'subset', 'digits_split', 'DigitsDataset', 'augment_seed',
+           'Augmented', 'affine_digit', 'DigitsAugment', 'data_config_for', 'default_data_config', 'image_folder',
+           'write_image_folder', 'read_idx', 'fashion_mnist_files', 'fashion_arrays', 'FashionMNIST', 'CropFlipAugment',
+           'write_idx', 'write_fashion_mnist', 'Corpus', 'split_docs', 'stdlib_corpus', 'text_files', 'text_corpus',
+           'texts_of', 'hf_corpus', 'doc_root', 'doc_sources', 'docs_corpus', 'write_doc_sources', 'byte_ids',
+           'is_byte_tokenizer', 'resolve_tokenizer', 'tokenizer_fingerprint', 'default_cache_dir', 'encode_docs',
+           'token_cache_path', 'split_tokens', 'write_token_cache', 'corpus_tokens', 'train_tiny_tokenizer',
+           'TokenBlocks', 'DataBundle', 'corpus_record', 'lm_bundle', 'corpus_mismatch', 'build_datasets']
 
 # %% ../nbs/40_data.ipynb #8c20cacb
 def name_score(name:str)->float:
@@ -309,6 +317,159 @@ def write_image_folder(
                 Image.fromarray(px).save(Path(root) / split / c / f"{c}_{i}.png")
     return Path(root)
 
+# %% ../nbs/40_data.ipynb #1ae82cb2
+FASHION_DIR, FASHION_PACKAGE = "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist"
+FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)   # the training split's pixel mean and std after scaling to [0, 1]
+
+def read_idx(
+    path,        # an idx file, `.gz` or not
+    ndim:int,    # dimensions it must hold: 3 (images) or 1 (labels)
+)->np.ndarray:   # uint8 array of the header's shape
+    "Read an idx file of unsigned bytes, checking its magic number and that its size is what the header says."
+    p = Path(path)
+    try:
+        with (gzip.open if p.suffix == ".gz" else open)(p, "rb") as f: raw = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e: raise CabError(f"{p}: cannot read this idx file ({type(e).__name__}: {e})") from e
+    want, head = 0x0800 + ndim, 4 + 4 * ndim
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if magic != want:
+        raise CabError(f"{p}: magic number {'none (file too short)' if magic is None else f'0x{magic:08x}'}, expected 0x{want:08x} "
+                       f"(idx {'images' if ndim == 3 else 'labels'}: unsigned bytes in {ndim} dimension{'s' * (ndim > 1)})")
+    if len(raw) < head: raise CabError(f"{p}: the header is cut short ({len(raw)} bytes, the header alone is {head})")
+    dims = struct.unpack(f">{ndim}I", raw[4:head])
+    n = math.prod(dims)
+    if len(raw) - head != n:
+        raise CabError(f"{p}: the header says {' x '.join(map(str, dims))} = {n:,} bytes of data, the file holds {len(raw) - head:,}")
+    return np.frombuffer(raw, np.uint8, count=n, offset=head).reshape(dims).copy()
+
+def fashion_mnist_files(
+    root=None,   # folder holding the four idx files; None: the Debian package's folder
+)->dict:         # {(split, 'images' | 'labels'): path}
+    "Find Fashion-MNIST's four idx files (each gzipped or not) in `root`."
+    root = Path(root or FASHION_DIR).expanduser()
+    spec = "fashion_mnist" if str(root) == FASHION_DIR else f"fashion_mnist:{root}"
+    how = (f"Fashion-MNIST comes with the Debian package {FASHION_PACKAGE} (`apt-get install -y {FASHION_PACKAGE}` puts it in "
+           f"{FASHION_DIR}), or give data='fashion_mnist:<dir>' for a folder holding the four idx files")
+    if not root.is_dir(): raise CabError(f"data={spec!r}: folder {root} does not exist; {how}.")
+    out, missing = {}, []
+    for split, names in FASHION_FILES.items():
+        for what, n in zip(("images", "labels"), names):
+            hit = next((root / (n + s) for s in (".gz", "") if (root / (n + s)).is_file()), None)
+            if hit is None: missing.append(f"{n}[.gz]")
+            out[split, what] = hit
+    if missing: raise CabError(f"data={spec!r}: {root} lacks {', '.join(missing)}; {how}.")
+    return out
+
+@lru_cache(maxsize=4)
+def fashion_arrays(
+    root:str,    # the folder (as `fashion_mnist_files` takes it)
+    split:str,   # 'train' or 'test'
+)->tuple[np.ndarray, np.ndarray]:  # images (N, 28, 28) uint8, labels (N,) int64
+    "One split's images and labels, checked against each other."
+    files = fashion_mnist_files(root)
+    x, y = read_idx(files[split, "images"], 3), read_idx(files[split, "labels"], 1)
+    if len(x) != len(y):
+        raise CabError(f"{files[split, 'images']} holds {len(x):,} images but {files[split, 'labels']} {len(y):,} labels: "
+                       "the counts must match")
+    if len(y) and y.max() >= len(FASHION_CLASSES):
+        raise CabError(f"{files[split, 'labels']}: label {int(y.max())} outside 0..{len(FASHION_CLASSES) - 1}")
+    return x, y.astype(np.int64)
+
+def _channel_stat(v, name:str, channels:int, default:tuple)->torch.Tensor:
+    "A per-channel statistic as (C, 1, 1): one value or `channels` values (a 1-channel model's RGB stats are averaged)."
+    v = torch.tensor(list(default if v is None else v), dtype=torch.float32)
+    if channels == 1 and len(v) == 3: v = v.mean(0, keepdim=True)
+    if len(v) not in (1, channels): raise bad_value(name, tuple(v.tolist()), f"1 or {channels} values (channels={channels})")
+    return v.expand(channels).reshape(channels, 1, 1).clone()
+
+class FashionMNIST(Dataset):
+    "Fashion-MNIST as (image (C, H, W) float32 normalised, label int), with `.targets` and `.classes`; the test split is validation."
+    def __init__(self,
+        split:str="train",         # 'train' (60,000) or 'test' / 'val' (10,000: the validation set)
+        root=None,                 # folder of the four idx files; None: the Debian package's
+        channels:int=1,            # 1 (gray) or 3 (gray repeated)
+        img_size:int|None=None,    # resize to img_size x img_size (bilinear); None keeps 28 x 28
+        mean:tuple|None=None,      # per-channel mean after scaling to [0, 1]; None: FASHION_MEAN
+        std:tuple|None=None,       # per-channel std; None: FASHION_STD
+    ):
+        check_choice("split", split, ["train", "test", "val"]); check_choice("channels", channels, [1, 3])
+        if img_size is not None: check_range("img_size", img_size, 1, kind=int)
+        self.root = str(Path(root or FASHION_DIR).expanduser())
+        self.split = "train" if split == "train" else "test"
+        x, y = fashion_arrays(self.root, self.split)
+        self.images = torch.from_numpy(x)                          # (N, 28, 28) uint8, shared by the cache
+        self.targets, self.classes = y.tolist(), list(FASHION_CLASSES)
+        self.channels, self.img_size = channels, img_size
+        self.mean, self.std = _channel_stat(mean, "mean", channels, FASHION_MEAN), _channel_stat(std, "std", channels, FASHION_STD)
+
+    def __len__(self): return len(self.targets)
+
+    def __getitem__(self, i):
+        x = self.images[i].to(torch.float32).div(255)[None]        # (1, 28, 28) in [0, 1]
+        if self.img_size is not None and self.img_size != x.shape[-1]:
+            x = F.interpolate(x[None], size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)[0]
+        return (x.expand(self.channels, -1, -1) - self.mean) / self.std, self.targets[i]   # (C, H, W), int
+
+@dataclass(frozen=True)
+class CropFlipAugment:
+    "Random crop of the image padded by `pad` pixels (background entering at the borders), then a horizontal flip with probability `flip`."
+    pad:int=2                # largest shift per axis, pixels of the image as given
+    flip:float=0.5           # probability of mirroring left-right
+    background:tuple=(0.0,)  # value of an empty pixel after normalisation, one per channel (or one)
+
+    def __post_init__(self):
+        check_range("augment pad", self.pad, 0, 8, kind=int); check_range("augment flip", self.flip, 0, 1)
+        if not (isinstance(self.background, tuple) and self.background
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.background)):
+            raise bad_value("augment background", self.background, "a non-empty tuple of numbers (one per channel, or one)")
+
+    @property
+    def off(self)->bool: return self.pad == 0 and self.flip == 0
+
+    def __call__(self, x:torch.Tensor, generator:torch.Generator)->torch.Tensor:
+        if self.off: return x
+        p, (_, h, w) = self.pad, x.shape
+        dy, dx = (int(v) for v in torch.randint(0, 2 * p + 1, (2,), generator=generator))
+        mirror = float(torch.rand(1, generator=generator, dtype=torch.float64)) < self.flip
+        bg = torch.tensor(self.background, dtype=x.dtype).reshape(-1, 1, 1)
+        y = (F.pad(x - bg, (p, p, p, p)) + bg)[:, dy:dy + h, dx:dx + w]   # (C, H, W): moved by (p - dy, p - dx)
+        return (y.flip(-1) if mirror else y).contiguous()
+
+    def __repr__(self): return f"CropFlipAugment(pad={self.pad}, flip={self.flip})"
+
+def write_idx(
+    path,              # file to write; `.gz` gzips it
+    a:np.ndarray,      # uint8 array of 1 or 3 dimensions
+    magic:int|None=None,  # None: the right one (0x0801 / 0x0803); another value writes a broken file (tests)
+    count:int|None=None,  # None: the array's length; another value writes a header that lies (tests)
+)->Path:
+    "Test helper: write an idx file of unsigned bytes."
+    a = np.ascontiguousarray(a, dtype=np.uint8)
+    dims = (count if count is not None else a.shape[0], *a.shape[1:])
+    raw = struct.pack(">I", 0x0800 + a.ndim if magic is None else magic) + struct.pack(f">{a.ndim}I", *dims) + a.tobytes()
+    p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
+    with (gzip.open if p.suffix == ".gz" else open)(p, "wb") as f: f.write(raw)
+    return p
+
+def write_fashion_mnist(
+    root,                  # folder to write the four idx files to
+    n_train:int=40,        # training images (balanced over the 10 classes)
+    n_test:int=20,         # test images
+    gz:bool=True,          # gzip them as the Debian package does
+    seed:int=0,
+)->Path:                   # `root`
+    "Test helper: a tiny Fashion-MNIST look-alike: random 28 x 28 images, labels cycling through the classes."
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        img, lab = FASHION_FILES[split]
+        write_idx(Path(root) / (img + ".gz" * gz), rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(Path(root) / (lab + ".gz" * gz), (np.arange(n) % 10).astype(np.uint8))
+    return Path(root)
+
+
 # %% ../nbs/40_data.ipynb #9ef87877
 STDLIB_EXCLUDED_DIRS = ("test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__")
 
@@ -322,6 +483,7 @@ class Corpus:
     val_names: list
     val_docs: list
     excluded: list = field(default_factory=list)   # what was left out (relative paths of pruned folders)
+    provenance: dict = field(default_factory=dict) # where the documents come from (Python version, folders, packages, licences)
 
     def docs(self, split:str)->list:
         return self.train_docs if check_choice("split", split, ["train", "val"]) == "train" else self.val_docs
@@ -332,20 +494,21 @@ class Corpus:
         for d in self.docs(split): h.update(len(d).to_bytes(8, "little")); h.update(d)
         return h.hexdigest()
 
-def split_docs(name:str, description:str, names:list, docs:list, val_frac:float=0.02, excluded=())->Corpus:
+def split_docs(name:str, description:str, names:list, docs:list, val_frac:float=0.02, excluded=(), provenance=None)->Corpus:
     "Split documents by `name_score(name) < val_frac` (a single document: at a newline near its end)."
     check_range("val_frac", val_frac, 0, 1, lo_open=True, hi_open=True)
     if len(docs) == 1:
         d = docs[0]; cut = d.find(b"\n", int(len(d) * (1 - val_frac)))
         cut = len(d) - max(1, int(len(d) * val_frac)) if cut < 0 or cut >= len(d) - 1 else cut + 1
-        return Corpus(name, description, [names[0] + "[:cut]"], [d[:cut]], [names[0] + "[cut:]"], [d[cut:]], list(excluded))
+        return Corpus(name, description, [names[0] + "[:cut]"], [d[:cut]], [names[0] + "[cut:]"], [d[cut:]], list(excluded),
+                      dict(provenance or {}))
     scores = [name_score(n) for n in names]
     val = {i for i, s in enumerate(scores) if s < val_frac}
     if not val: val = {int(np.argmin(scores))}
     if len(val) == len(docs): val.discard(int(np.argmax(scores)))
     tr = [i for i in range(len(docs)) if i not in val]; va = sorted(val)
     return Corpus(name, description, [names[i] for i in tr], [docs[i] for i in tr], [names[i] for i in va],
-                  [docs[i] for i in va], list(excluded))
+                  [docs[i] for i in va], list(excluded), dict(provenance or {}))
 
 def stdlib_corpus(val_frac:float=0.02, root=None)->Corpus:
     "The running Python's standard-library source (tests and site-packages left out) as a corpus."
@@ -360,7 +523,8 @@ def stdlib_corpus(val_frac:float=0.02, root=None)->Corpus:
     docs = [(root / n).read_bytes() for n in names]
     v = sys.version_info
     return split_docs(f"stdlib{v.major}.{v.minor}", f"Python {v.major}.{v.minor}.{v.micro} standard-library source",
-                      names, docs, val_frac, sorted(excluded))
+                      names, docs, val_frac, sorted(excluded), dict(python=platform.python_version(),
+                      implementation=platform.python_implementation(), root=str(root), files=len(names)))
 
 # %% ../nbs/40_data.ipynb #705598b3
 def _is_glob(s:str)->bool: return any(ch in s for ch in "*?[")
@@ -375,6 +539,8 @@ def text_files(spec:str)->tuple[Path, list[str]]:
             dns[:] = [d for d in dns if not d.startswith(".") and d != "__pycache__"]
             names += [(Path(dp) / f).relative_to(p).as_posix() for f in fns if not f.startswith(".")]
         if names: return p, sorted(names)
+        raise bad_value("data", f"text:{spec}", "text:<path> naming a folder that holds files: this folder is empty "
+                        "(hidden names and __pycache__ are skipped)")
     elif _is_glob(spec):
         import glob
         hits = [Path(h) for h in glob.glob(os.path.expanduser(spec), recursive=True) if Path(h).is_file()]
@@ -419,6 +585,62 @@ def hf_corpus(ds, text_column:str="text", val_frac:float=0.02, name:str="hf")->C
     if not texts: raise bad_value("data", ds, "a dataset with at least one text row")
     return split_docs(name, f"dataset {name}: {len(texts)} rows", [f"row:{i}" for i in range(len(texts))],
                       [t.encode() for t in texts], val_frac)
+
+# %% ../nbs/40_data.ipynb #8cbe3db0
+DOC_SOURCES = {  # name: (folder glob under the doc root, Debian package, licence)
+    "python": ("python3.*/html/_sources", "python3.11-doc", "PSF-2.0"),
+    "linux": ("linux-doc-*/html/_sources", "linux-doc-6.1", "GPL-2.0")}
+
+def doc_root()->Path:
+    "Where the Debian documentation lives: `$CAB_BENCH_DOC_ROOT`, else /usr/share/doc."
+    return Path(os.environ.get("CAB_BENCH_DOC_ROOT") or "/usr/share/doc").expanduser()
+
+def _version_key(p:Path)->tuple: return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.parts[-3]))
+
+def doc_sources(which:str|None=None)->dict:
+    "{name: folder} of the documentation sources present ('python', 'linux'; None: all present), highest version first found."
+    names = list(DOC_SOURCES) if which is None else [check_choice("docs source", which, list(DOC_SOURCES))]
+    root, out = doc_root(), {}
+    for n in names:
+        hits = sorted((p for p in root.glob(DOC_SOURCES[n][0]) if p.is_dir()), key=_version_key)
+        if hits: out[n] = hits[-1]
+    if not out:
+        pk = " ".join(DOC_SOURCES[n][1] for n in names)
+        raise CabError(f"data={'docs' if which is None else 'docs:' + which!r}: no documentation sources under {root} "
+                       f"({', '.join(DOC_SOURCES[n][0] for n in names)}); install them with `apt-get install -y {pk}`.")
+    return out
+
+def docs_corpus(
+    which:str|None=None,   # 'python', 'linux', or None for every source present
+    val_frac:float=0.02,   # validation share of the files (by name score, as for any text corpus)
+)->Corpus:
+    "The reST sources of Debian's Python and Linux documentation as a corpus, split per file."
+    names, docs, prov = [], [], {}
+    for n, folder in doc_sources(which).items():
+        rels = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.txt")
+                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        if not rels: raise CabError(f"data={'docs' if which is None else 'docs:' + which!r}: {folder} holds no .txt sources (an empty corpus folder).")
+        body = [(folder / r).read_bytes() for r in rels]
+        names += [f"{n}/{r}" for r in rels]; docs += body
+        prov[n] = dict(folder=str(folder), package=DOC_SOURCES[n][1], licence=DOC_SOURCES[n][2], files=len(rels), bytes=sum(map(len, body)))
+    tag = "+".join(prov)
+    desc = "Debian documentation sources (reST): " + ", ".join(f"{n} {p['folder']} ({p['files']} files, {p['licence']})" for n, p in prov.items())
+    return split_docs(f"docs-{tag}", desc, names, docs, val_frac, provenance=dict(sources=prov))
+
+def write_doc_sources(
+    root,                     # folder to use as the doc root ($CAB_BENCH_DOC_ROOT)
+    n_files:int=12,           # files per source
+    words:int=60,             # words per file
+)->Path:                      # `root`
+    "Test helper: a tiny look-alike of /usr/share/doc with python3.11 and linux-doc-6.1 reST sources."
+    text = "The scheduler keeps a queue of runnable tasks; each tick it picks one. Python's list.sort() is stable. ".split()
+    for sub in ("python3.11/html/_sources/library", "linux-doc-6.1/html/_sources/scheduler"):
+        (Path(root) / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(n_files):
+            body = " ".join(text[(i + k) % len(text)] for k in range(words))
+            (Path(root) / sub / f"page{i:02d}.rst.txt").write_text(f"Page {i}\n=======\n\n{body}\n")
+    return Path(root)
+
 
 # %% ../nbs/40_data.ipynb #fee73f59
 BYTE_OFFSET, BYTE_EOS = 3, 1     # ByT5: byte b -> id b + 3; </s> = 1 ends a document
@@ -468,18 +690,28 @@ def token_cache_path(corpus:Corpus, split:str, tok, cache_dir=None)->Path:
     return (default_cache_dir(cache_dir) / "tokens" / f"{tname}-{tokenizer_fingerprint(tok)[:12]}"
             / f"{corpus.name}-{split}-{corpus.sha256(split)[:16]}.npy")
 
+def split_tokens(corpus:Corpus, split:str, tokenizer=None, cache_dir=None)->tuple:
+    "(ids, cache path) of one split without writing anything: the cached memmap when there is one, else encoded in memory (path None for bytes)."
+    if is_byte_tokenizer(tokenizer): return byte_ids(corpus.docs(split)), None
+    path = token_cache_path(corpus, split, tokenizer, cache_dir)
+    if path.exists(): return np.load(path, mmap_mode="r"), path
+    return encode_docs(corpus.docs(split), tokenizer), path
+
+def write_token_cache(path:Path, ids:np.ndarray, corpus:Corpus, split:str, tokenizer)->np.ndarray:
+    "Save one split's ids at `path` (atomically, with a JSON note beside it) and return them memory-mapped."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy"); np.save(tmp, ids); os.replace(tmp, path)   # atomic
+    path.with_suffix(".json").write_text(json.dumps(dict(
+        corpus=corpus.description, split=split, n_tokens=len(ids), tokenizer=str(tokenizer.name_or_path),
+        tokenizer_class=type(tokenizer).__name__, corpus_sha256=corpus.sha256(split))))
+    return np.load(path, mmap_mode="r")
+
 def corpus_tokens(corpus:Corpus, split:str, tokenizer=None, cache_dir=None)->np.ndarray:
     "Token ids of one split: byte level by NumPy, or a teacher tokenizer's, cached and memory-mapped."
-    if is_byte_tokenizer(tokenizer): return byte_ids(corpus.docs(split))
-    path = token_cache_path(corpus, split, tokenizer, cache_dir)
-    if not path.exists():
-        ids = encode_docs(corpus.docs(split), tokenizer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy"); np.save(tmp, ids); os.replace(tmp, path)   # atomic
-        path.with_suffix(".json").write_text(json.dumps(dict(
-            corpus=corpus.description, split=split, n_tokens=len(ids), tokenizer=str(tokenizer.name_or_path),
-            tokenizer_class=type(tokenizer).__name__, corpus_sha256=corpus.sha256(split))))
-    return np.load(path, mmap_mode="r")
+    ids, path = split_tokens(corpus, split, tokenizer, cache_dir)
+    if path is None or isinstance(ids, np.memmap): return ids
+    return write_token_cache(path, ids, corpus, split, tokenizer)
+
 
 # %% ../nbs/40_data.ipynb #645c5266
 def train_tiny_tokenizer(texts:list, vocab_size:int=300):
@@ -523,7 +755,10 @@ class TokenBlocks(Dataset):
         return block[:-1], block[1:]                                                             # (L,), (L,)
 
 # %% ../nbs/40_data.ipynb #c7a3ecce
-DATA_SPECS = {"digits": "vision", "imagefolder:<root>": "vision", "stdlib": "language", "text:<path|dir|glob>": "language"}
+DATA_SPECS = {"digits": "vision", "fashion_mnist[:<dir>]": "vision", "imagefolder:<root>": "vision", "stdlib": "language",
+              "docs[:python|linux]": "language", "text:<path|dir|glob>": "language"}
+_DATA_KINDS = {"digits": ("vision", "no"), "fashion_mnist": ("vision", "optional"), "imagefolder": ("vision", "required"),
+               "stdlib": ("language", "no"), "docs": ("language", "optional"), "text": ("language", "required")}  # kind: (task, argument)
 
 @dataclass
 class DataBundle:
@@ -542,16 +777,40 @@ class DataBundle:
     augment: Any = None                    # training-time augmentation `(x, generator) -> x` for `Augmented`; None: none (or in the dataset's transform)
 
     @property
+    def corpus(self)->dict|None:
+        "Language: the corpus's name, description, provenance, sha256 and token counts per split (for metrics.json); None for vision."
+        return self.meta.get("corpus")
+
+    @property
     def info(self)->dict:
         "JSON-able summary for `config.json` / `metrics.json`."
         return dict(data=self.data, task=self.task, description=self.description, num_classes=self.num_classes,
                     vocab_size=self.vocab_size, sizes=self.sizes, **self.meta)
 
+def corpus_record(corpus:Corpus, train_tokens:int, val_tokens:int, tokenizer=None)->dict:
+    "What a run records about its corpus: name, description, provenance, sha256, documents, bytes and tokens per split."
+    tok = resolve_tokenizer(tokenizer)
+    return dict(name=corpus.name, description=corpus.description, **corpus.provenance,
+                sha256=dict(train=corpus.sha256("train"), val=corpus.sha256("val")),
+                docs=dict(train=len(corpus.train_docs), val=len(corpus.val_docs)),
+                bytes=dict(train=corpus.n_bytes("train"), val=corpus.n_bytes("val")),
+                tokens=dict(train=int(train_tokens), val=int(val_tokens)),
+                tokenizer_fingerprint=tokenizer_fingerprint(tok))
+
 def lm_bundle(corpus:Corpus, seq_len:int=256, tokenizer=None, cache_dir=None, data:str="")->DataBundle:
-    "Token blocks of a corpus's two splits under `tokenizer` (None: byte level)."
+    "Token blocks of a corpus's two splits under `tokenizer` (None: byte level); checked before any cache file is written."
     check_range("seq_len", seq_len, 1, kind=int)
     tok = resolve_tokenizer(tokenizer)
-    tr, va = (corpus_tokens(corpus, s, None if is_byte_tokenizer(tok) else tok, cache_dir) for s in ("train", "val"))
+    tk = None if is_byte_tokenizer(tok) else tok
+    got = {s: split_tokens(corpus, s, tk, cache_dir) for s in ("train", "val")}
+    for s, (ids, _) in got.items():
+        if len(ids) < seq_len + 1:
+            raise CabError(f"data={data or corpus.name!r}: the {s} split holds {len(ids):,} tokens ({corpus.n_bytes(s):,} bytes in "
+                           f"{len(corpus.docs(s))} documents), fewer than one block of seq_len + 1 = {seq_len + 1}; use a larger "
+                           "corpus, a smaller seq_len" + (" or a larger val_frac" if s == "val" else ""))
+    arrays = {s: ids if path is None or isinstance(ids, np.memmap) else write_token_cache(path, ids, corpus, s, tk)
+              for s, (ids, path) in got.items()}
+    tr, va = arrays["train"], arrays["val"]
     cached = {s: str(t.filename) if isinstance(t, np.memmap) else None for s, t in (("train", tr), ("val", va))}  # pass paths
     train, val = TokenBlocks(cached["train"] or tr, seq_len), TokenBlocks(cached["val"] or va, seq_len)
     tname = "bytes (ByT5 ids)" if is_byte_tokenizer(tok) else f"{type(tok).__name__} {tok.name_or_path!r}"
@@ -560,12 +819,31 @@ def lm_bundle(corpus:Corpus, seq_len:int=256, tokenizer=None, cache_dir=None, da
                  train_blocks=len(train), val_blocks=len(val), seq_len=seq_len)
     meta = dict(tokenizer=tname, tokenizer_fingerprint=tokenizer_fingerprint(tok), corpus_sha256=
                 dict(train=corpus.sha256("train"), val=corpus.sha256("val")), excluded=corpus.excluded, token_cache=cached,
-                split_rule="document-level: validation iff name_score(name) < val_frac (single file: tail at a newline)")
+                split_rule="document-level: validation iff name_score(name) < val_frac (single file: tail at a newline)",
+                corpus=corpus_record(corpus, train.n_tokens, val.n_tokens, tok))
     return DataBundle(train, val, "language", data or corpus.name, f"{corpus.description}, {tname}", vocab_size=len(tok),
                       tokenizer=tok, sizes=sizes, meta=meta)
 
+def corpus_mismatch(
+    bundle:DataBundle,           # a language bundle
+    provenance:dict|None,        # the teacher's provenance (`Teacher.provenance`), or None
+)->str|None:                     # why the corpora differ, or None (the same, or nothing recorded to compare with)
+    "Compare a bundle's corpus with the one the teacher's provenance says it was trained and scored on."
+    data = (provenance or {}).get("data") or {}
+    mine = bundle.corpus
+    if bundle.task != "language" or not data or mine is None: return None
+    theirs = data.get("corpus") or {}
+    if theirs.get("sha256") and theirs["sha256"] == mine["sha256"]: return None
+    tdesc = theirs.get("description") or str(data.get("description", "")).split(", bytes")[0].split(", ")[0]
+    if not theirs.get("sha256") and tdesc == mine["description"]: return None
+    score = {k: v for k, v in (provenance.get("metrics") or {}).items() if "bits" in k or "ppl" in k}
+    return (f"the teacher's provenance names the corpus {data.get('spec')!r} ({tdesc or 'no description'}"
+            f"{', sha256 ' + theirs['sha256']['val'][:12] + '... (val)' if theirs.get('sha256') else ''}); this run's is "
+            f"{bundle.data!r} ({mine['description']}, sha256 {mine['sha256']['val'][:12]}... (val)): scores are not comparable "
+            f"with the teacher's recorded {score or 'metrics'}")
+
 def build_datasets(
-    data:str,                     # 'digits', 'imagefolder:<root>' (vision); 'stdlib', 'text:<path|dir|glob>' (language)
+    data:str,                     # 'digits', 'fashion_mnist[:<dir>]', 'imagefolder:<root>' (vision); 'stdlib', 'docs[:python|linux]', 'text:<path|dir|glob>' (language)
     task:str,                     # 'vision' or 'language'
     seq_len:int=256,              # language: input tokens per block
     tokenizer=None,               # language: the teacher's HF tokenizer (or a local folder); None: bytes (ByT5 ids)
@@ -573,8 +851,9 @@ def build_datasets(
     channels:int|None=None,       # digits: 1 or 3; None: from `data_config`, else 1
     img_size:int|None=None,       # digits: side after resizing; None: from `data_config`, else 8 (native)
     cache_dir=None,               # language: token cache; None: $CAB_BENCH_CACHE or ~/.cache/cab_bench
-    val_frac:float|None=None,     # validation share; None: 0.2 (digits, per class) or 0.02 (text, per document)
-    augment:bool|dict=True,       # train split only: digits True (`DigitsAugment()`), a dict of its settings, or False; imagefolder: timm's training transform
+    val_frac:float|None=None,     # validation share; None: 0.2 (digits, per class) or 0.02 (text, per document); fashion_mnist: None (its test split)
+    augment:bool|dict=True,       # train split only: digits `DigitsAugment()`, fashion_mnist `CropFlipAugment()` (a dict: its settings), False: off; imagefolder: timm's training transform
+    teacher_provenance:dict|None=None,  # language: the teacher's `provenance`; a corpus other than the one it names gives a warning
 )->DataBundle:
     "Train/validation datasets and their description for a data spec."
     check_choice("task", task, ["vision", "language"])
@@ -584,16 +863,27 @@ def build_datasets(
             return lm_bundle(hf_corpus(data, val_frac=val_frac or 0.02), seq_len, tokenizer, cache_dir, "dataset")
         raise bad_value("data", data, forms)
     kind, sep, arg = data.partition(":")
-    known = {"digits": False, "imagefolder": True, "stdlib": False, "text": True}     # kind -> takes an argument
-    if kind not in known or known[kind] != bool(arg) or (sep and not arg): raise bad_value("data", data, forms)
-    if DATA_SPECS[next(k for k in DATA_SPECS if k.split(":")[0] == kind)] != task:
+    takes = _DATA_KINDS.get(kind, (None, None))[1]
+    if takes is None or (sep and not arg) or (takes == "no" and arg) or (takes == "required" and not arg):
+        raise bad_value("data", data, forms)
+    if _DATA_KINDS[kind][0] != task:
         raise bad_value("data", data, f"a {task} spec for task={task!r}: "
                         + ", ".join(repr(k) for k, v in DATA_SPECS.items() if v == task))
-    if kind == "stdlib": return lm_bundle(stdlib_corpus(val_frac or 0.02), seq_len, tokenizer, cache_dir, data)
-    if kind == "text": return lm_bundle(text_corpus(arg, val_frac or 0.02), seq_len, tokenizer, cache_dir, data)
-    if not isinstance(augment, bool) and (not isinstance(augment, dict) or kind != "digits"):
+    if task == "language":
+        if kind == "docs" and arg and arg not in DOC_SOURCES: raise bad_value("data", data, "'docs', " + ", ".join(f"'docs:{n}'" for n in DOC_SOURCES))
+        corpus = (stdlib_corpus(val_frac or 0.02) if kind == "stdlib" else text_corpus(arg, val_frac or 0.02) if kind == "text"
+                  else docs_corpus(arg or None, val_frac or 0.02))
+        b = lm_bundle(corpus, seq_len, tokenizer, cache_dir, data)
+        why = corpus_mismatch(b, teacher_provenance)
+        if why:
+            b.meta["corpus_warning"] = why
+            warnings.warn(f"data={data!r}: {why}", stacklevel=2)
+        return b
+    if not isinstance(augment, bool) and (not isinstance(augment, dict) or kind not in ("digits", "fashion_mnist")):
         raise bad_value("augment", augment, "True or False" + (", or a dict of DigitsAugment settings (shift, rotate, scale)"
-                                                                 if kind == "digits" else f" for data={data!r}"))
+                        if kind == "digits" else ", or a dict of CropFlipAugment settings (pad, flip)" if kind == "fashion_mnist"
+                        else f" for data={data!r}"))
+    if kind == "fashion_mnist": return _fashion_bundle(data, arg or None, data_config, channels, img_size, val_frac, augment)
     if kind == "imagefolder":
         cfg = {k: v for k, v in (data_config or default_data_config()).items() if k in _TRANSFORM_KEYS}
         train, val = (image_folder(arg, s, cfg, augment) for s in ("train", "val"))
@@ -621,3 +911,29 @@ def build_datasets(
                       sizes=dict(train=len(train), val=len(val)), meta=dict(split_rule=f"per class, floor({vf} n_c + 1/2) "
                       "smallest index_keys(1797, 0, 'cab_bench.digits_split') are validation", augment=repr(aug) if aug else None),
                       augment=aug)
+
+def _fashion_bundle(data, root, data_config, channels, img_size, val_frac, augment)->DataBundle:
+    "build_datasets for 'fashion_mnist[:<dir>]': the standard split, the teacher's normalisation, `CropFlipAugment`."
+    if val_frac is not None:
+        raise bad_value("val_frac", val_frac, "None for fashion_mnist: its standard test split (the t10k files) is the validation set")
+    opts = {} if augment in (True, False) else dict(augment)
+    unknown = sorted(set(opts) - {"pad", "flip"})
+    if unknown: raise bad_value("augment", augment, "True, False, or a dict with keys among 'pad', 'flip'")
+    inp = tuple((data_config or {}).get("input_size", ()))
+    if channels is None: channels = inp[0] if inp else 1
+    if img_size is None: img_size = inp[-1] if inp else None
+    ms = dict(mean=data_config.get("mean"), std=data_config.get("std")) if data_config else {}
+    train, val = (FashionMNIST(s, root, channels, img_size, **ms) for s in ("train", "test"))
+    aug = None
+    if augment is not False:
+        aug = CropFlipAugment(**opts, background=tuple((-train.mean / train.std).flatten().tolist()))
+        if aug.off: aug = None
+    side = img_size or 28
+    files = {f"{s}_{w}": str(p) for (s, w), p in fashion_mnist_files(root).items()}
+    return DataBundle(train, val, "vision", data, f"Fashion-MNIST ({train.root}), {channels}x{side}x{side}, standard split: "
+                      f"{len(train):,} train / {len(val):,} test (= validation)", 10, classes=train.classes,
+                      sizes=dict(train=len(train), val=len(val)),
+                      meta=dict(split_rule="standard: the train-* files train, the t10k-* files are the validation set (never trained on)",
+                                files=files, mean=train.mean.flatten().tolist(), std=train.std.flatten().tolist(),
+                                augment=repr(aug) if aug else None), augment=aug)
+

@@ -19,7 +19,8 @@ from .mamba import Block, Mamba1Mixer, Mamba2Mixer, RMSNorm, no_weight_decay
 # %% auto #0
 __all__ = ['MIXERS', 'STUDENTS', 'StudentOutput', 'Vim', 'MambaLM', 'GraphedStep', 'register_student', 'create_student',
            'vim_tiny_patch16_224', 'vim_small_patch16_224', 'vim_digits', 'vim_test', 'mamba_130m', 'mamba2_130m',
-           'mamba2_gpt2_6l', 'mamba_lm_bytes', 'mamba2_lm_bytes', 'mamba_lm_test', 'mamba2_lm_test']
+           'mamba2_gpt2_6l', 'mamba_lm_bytes', 'mamba2_lm_bytes', 'mamba_lm_test', 'mamba2_lm_test', 'vim_fashion',
+           'mamba2_smollm2', 'mamba2_smollm2_15l']
 
 # %% ../../nbs/22_models.students.ipynb #d8361bb5
 @dataclass
@@ -280,3 +281,28 @@ def mamba2_lm_test(**kw):
     "A tiny Mamba-2 LM for tests (byte-level vocabulary)."
     return _lm(dict(vocab_size=384, d_model=32, n_layer=2, mixer="mamba2",
                     mixer_kwargs=dict(d_state=16, headdim=16, chunk_size=8)), kw)
+
+# %% ../../nbs/22_models.students.ipynb #f607d79c
+# Students sized for the real-asset teachers: `default:fashion` (a DeiT-Tiny-like ViT, 28 x 28 gray, patch 4) and
+# `default:smollm2` (SmolLM2-135M: Llama, width 576, 30 layers, 9 query / 3 KV heads of 64, vocabulary 49,152).
+@register_student
+def vim_fashion(**kw):
+    "Vim-Tiny-like for Fashion-MNIST: 28x28, one channel, patch 4 (49 patches + class token, the teacher's tokens), D=192, 24 layers."
+    return _vim(dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=192, depth=24), kw)
+
+_SMOLLM2 = dict(vocab_size=49152, d_model=576, mixer="mamba2",
+                # 9 heads of 64 (expand 1: d_inner = 576 = the teacher's 9 x 64 query width, so MOHAWK's per-head matrices match);
+                # B/C in 3 groups of d_state 64 = the teacher's 3 KV heads x 64 (attention-weight reuse K -> B fits whole,
+                # CAB's bridges map 3 x 64 -> the teacher's Q / K widths)
+                mixer_kwargs=dict(d_state=64, headdim=64, ngroups=3, expand=1, chunk_size=256))
+
+@register_student
+def mamba2_smollm2(**kw):
+    "Mamba-2 LM in SmolLM2-135M's layout (`default:smollm2`): D=576, the teacher's 30 layers, 9 heads of 64, 3 B/C groups, vocabulary 49,152."
+    return _lm(dict(_SMOLLM2, n_layer=30, mixer_kwargs=dict(_SMOLLM2["mixer_kwargs"])), kw)
+
+@register_student
+def mamba2_smollm2_15l(**kw):
+    "`mamba2_smollm2` at half the depth (15 layers): student layer l aligns with teacher layer g(l) = 2l."
+    return _lm(dict(_SMOLLM2, n_layer=15, mixer_kwargs=dict(_SMOLLM2["mixer_kwargs"])), kw)
+

