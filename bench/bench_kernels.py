@@ -128,6 +128,7 @@ def tune()->dict:
         print("  tune", row, flush=True)
         out.append(row)
     ok = [r for r in out if "error" not in r]
+    if not ok: raise RuntimeError(f"no tile configuration of the Triton scan ran: {out}")
     best = min(ok, key=lambda r: r["vim"] / min(o["vim"] for o in ok) + r["L16384"] / min(o["L16384"] for o in ok))
     ts.SCAN_T, ts.SCAN_BD_MAX, ts.SCAN_WARPS = best["T"], best["BD_MAX"], best["warps"]
     return dict(rows=out, chosen=best)
@@ -198,7 +199,10 @@ def main():
     out = dict(env=env, report=backend_report("cuda"))
     print(json.dumps(out["report"], indent=1), flush=True)
     mamba = kernel("selective_scan")[0] is not None
+    d = Path(a.out); d.mkdir(parents=True, exist_ok=True)
+    save = lambda: (d / "kernels.json").write_text(json.dumps(out, indent=1) + "\n")   # after each shape: a cut-off run keeps what it measured
     out["tune"] = tune() if a.tune and not a.smoke else None
+    save()
     out["triton_scan_config"] = dict(T=ts.SCAN_T, BD_MAX=ts.SCAN_BD_MAX, warps=ts.SCAN_WARPS)
     sweep = (1024, 2048) if a.smoke else SWEEP
     out["selective_scan"] = {}
@@ -209,6 +213,7 @@ def main():
         paths = (["cuda"] if mamba else []) + ["triton"] + (["chunked"] if with_chunked else [])
         print(name, flush=True)
         out["selective_scan"][name] = run_paths("scan", scan_call, scan_inputs(**s), paths)
+        save()
     out["ssd_scan"] = {}
     ssd = dict(SSD, b=2, l=1024) if a.smoke else SSD
     shapes = [("b{b} L{l} H{h} P{p} N{n}".format(**ssd), ssd, True)]
@@ -217,10 +222,10 @@ def main():
         paths = (["cuda"] if kernel("ssd_scan")[0] else []) + ["triton"] + (["chunked"] if with_chunked else [])
         print(name, flush=True)
         out["ssd_scan"][name] = run_paths("ssd", ssd_call, ssd_inputs(**s), paths)
+        save()
     out["verdicts"] = verdicts(out)
     out["wall_s"] = time.time() - t0
-    d = Path(a.out); d.mkdir(parents=True, exist_ok=True)
-    (d / "kernels.json").write_text(json.dumps(out, indent=1) + "\n")
+    save()
     (d / "kernels.md").write_text(markdown(out))
     print(markdown(out))
 
