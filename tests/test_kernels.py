@@ -26,18 +26,19 @@ SSD_OPTS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 
 def rel(a, b):
-    "Relative error in norm (robust for gradients summed over many elements)."
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+    """Relative error in norm (robust for gradients summed over many elements); an exactly zero reference (dA at L = 1
+    without an initial state) is compared against a floor of 1e-6 instead of dividing by zero."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-6)).item()
 
 
-def scan_case(fn, x, keys, softplus, dtype):
-    "Output, last state and the gradients of `keys` for one random cotangent; `x` float64."
+def scan_case(fn, x, keys, softplus, dtype, through_state=True):
+    "Output, last state and the gradients of `keys` for one random cotangent (on the state too, unless not `through_state`)."
     a = {k: x[k].detach().to(dtype).clone().requires_grad_() for k in keys}
     y, h = fn(**a, delta_softplus=softplus, return_last_state=True)
     g = torch.Generator(device=x["u"].device).manual_seed(1)
     gy = torch.randn(y.shape, generator=g, device=y.device, dtype=torch.float64)
     gh = torch.randn(h.shape, generator=g, device=y.device, dtype=torch.float64)
-    ((y.double() * gy).sum() + (h.double() * gh).sum()).backward()
+    ((y.double() * gy).sum() + (h.double() * gh).sum() * through_state).backward()
     return y.detach(), h.detach(), {k: a[k].grad for k in keys}
 
 
@@ -88,13 +89,13 @@ def test_triton_scan_interpreted_all_options():
 
 @pytest.mark.slow
 def test_triton_scan_interpreted_random_shapes():
-    "Random shapes and option subsets (lengths around the 32-step chunk, N not a power of two)."
+    "Random shapes and option subsets (lengths around the 16-step chunk, N not a power of two)."
     rng = __import__("random").Random(0)
     cases = []
     for i in range(8):
         opts = tuple(o for o in ("D", "z", "delta_bias", "initial_state") if rng.random() < 0.5)
         cases.append((rng.choice(["const", "shared", "grouped"]), rng.randint(1, 3), rng.choice([2, 4, 6, 12]),
-                      rng.choice([1, 31, 32, 33, 65, 70]), rng.randint(1, 9), opts, rng.random() < 0.5, i))
+                      rng.choice([1, 15, 16, 17, 33, 70]), rng.randint(1, 9), opts, rng.random() < 0.5, i))
     run_interpreted(cases)
 
 
@@ -192,7 +193,9 @@ def test_triton_scan_matches_mamba_ssm(bc, dtype):
     x = random_scan_inputs(b=4, d=96, l=197, N=16, bc=bc, dtype=torch.float32, device=DEV, seed=3)
     keys = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     x = {k: v for k, v in x.items() if k in keys}
-    res = {be: scan_case(lambda **a: selective_scan(**a, backend=be), x, keys, True, dtype) for be in ("triton", "cuda")}
+    # mamba-ssm's last state is not differentiable (its backward takes the output's gradient only): no loss on it
+    res = {be: scan_case(lambda **a: selective_scan(**a, backend=be), x, keys, True, dtype, through_state=False)
+           for be in ("triton", "cuda")}
     tol = 1e-3 if dtype == torch.float32 else 3e-2
     (y, h, g), (y0, h0, g0) = res["triton"], res["cuda"]
     errs = {"y": rel(y, y0), "h": rel(h, h0), **{k: rel(g[k], g0[k]) for k in keys}}
