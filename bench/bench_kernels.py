@@ -1,6 +1,6 @@
 """Build-free scans against the chunked PyTorch paths and mamba-ssm's kernels (issue 15's targets).
 
-    python -m bench.bench_kernels [--tune] [--out bench/results] [--smoke]
+    python -m bench.bench_kernels [--tune] [--out bench/results] [--smoke] [--ops selective_scan,ssd_scan]
 
 Selective scan (Mamba-1; shared B/C, D, z, delta_bias, softplus, as Mamba's block calls it) at the Vim-Tiny shape
 (batch 128, d 384, L 197, N 16) and over L 1K-16K (batch 2, d 1536, N 16); SSD (Mamba-2; one group, D, dt_bias,
@@ -139,7 +139,7 @@ def verdicts(res:dict)->list[dict]:
     "Issue 15's op-level targets: the Triton paths' fwd + bwd time (<= 1.0x) and scan peak memory (<= 1.5x) vs mamba-ssm."
     rows = []
     for op, mem_target in (("selective_scan", 1.5), ("ssd_scan", None)):
-        if op not in res: rows.append(dict(op=op, shape="all", verdict="not measured (the run ended before it)")); continue
+        if op not in res: rows.append(dict(op=op, shape="all", verdict="not measured in this run")); continue
         for shape, r in res[op].items():
             t, c = r.get("triton", {}), r.get("cuda", {})
             if "fwdbwd_ms" not in t or "fwdbwd_ms" not in c:
@@ -195,8 +195,12 @@ def main():
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="small shapes, for checking the script")
+    ap.add_argument("--ops", default="selective_scan,ssd_scan", help="comma-separated: selective_scan, ssd_scan")
     ap.add_argument("--chunked-sweep", action="store_true", help="also time the chunked paths over the whole sweep")
     a = ap.parse_args()
+    ops = a.ops.split(",")
+    bad = [o for o in ops if o not in ("selective_scan", "ssd_scan")]
+    if bad: raise SystemExit(f"--ops: {bad} not allowed; expected selective_scan and/or ssd_scan")
     if not torch.cuda.is_available(): raise SystemExit("bench_kernels needs a CUDA device")
     t0 = time.time()
     env = dict(gpu=torch.cuda.get_device_name(), python=platform.python_version(),
@@ -212,20 +216,20 @@ def main():
     save()
     out["triton_scan_config"] = dict(T=ts.SCAN_T, BD_MAX=ts.SCAN_BD_MAX, warps=ts.SCAN_WARPS)
     sweep = (1024, 2048) if a.smoke else SWEEP
-    out["selective_scan"] = {}
+    if "selective_scan" in ops: out["selective_scan"] = {}
     vim = dict(VIM, b=8) if a.smoke else VIM
     shapes = [("vim_tiny b{b} d{d} L{l} N{N}".format(**vim), vim, True)]
     shapes += [(f"b2 d1536 L{l} N16", dict(b=2, d=1536, l=l, N=16), a.chunked_sweep or l == 2048) for l in sweep]
-    for name, s, with_chunked in shapes:
+    for name, s, with_chunked in (shapes if "selective_scan" in ops else []):
         paths = (["cuda"] if mamba else []) + ["triton"] + (["chunked"] if with_chunked else [])
         print(name, flush=True)
         out["selective_scan"][name] = run_paths("scan", scan_call, scan_inputs(**s), paths)
         save()
-    out["ssd_scan"] = {}
+    if "ssd_scan" in ops: out["ssd_scan"] = {}
     ssd = dict(SSD, b=2, l=1024) if a.smoke else SSD
     shapes = [("b{b} L{l} H{h} P{p} N{n}".format(**ssd), ssd, True)]
     shapes += [(f"b2 L{l} H24 P64 N128", dict(b=2, l=l, h=24, p=64, g=1, n=128), True) for l in sweep]
-    for name, s, with_chunked in shapes:
+    for name, s, with_chunked in (shapes if "ssd_scan" in ops else []):
         paths = (["cuda"] if kernel("ssd_scan")[0] else []) + ["triton"] + (["chunked"] if with_chunked else [])
         print(name, flush=True)
         out["ssd_scan"][name] = run_paths("ssd", ssd_call, ssd_inputs(**s), paths)
