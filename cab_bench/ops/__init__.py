@@ -6,7 +6,7 @@
 __all__ = []
 
 # %% ../../nbs/19_ops.ipynb #84982fbb
-from .backend import BACKENDS, backend_report, kernel, pick_backend, use_backend
+from .backend import BACKENDS, backend_report, kernel, pick_backend, triton_path, use_backend
 from .selective_scan import (selective_scan, selective_scan_ref, selective_scan_chunked,
                                           selective_scan_step, compute_dtype, random_scan_inputs)
 from .ssd import ssd_scan, ssd_scan_ref, ssd_scan_chunked, ssd_step, ssd_matrix, segsum, prep_dt, random_ssd_inputs

@@ -16,10 +16,11 @@ import torch
 from ..core import CabError, check_choice
 
 # %% auto #0
-__all__ = ['BACKENDS', 'KERNELS', 'kernel', 'use_backend', 'pick_backend', 'backend_report']
+__all__ = ['BACKENDS', 'KERNELS', 'TRITON_PATHS', 'AUTO_ORDER', 'kernel', 'triton_path', 'use_backend', 'pick_backend',
+           'backend_report']
 
 # %% ../../nbs/10_ops.backend.ipynb #2cdcd416
-BACKENDS = ("auto", "ref", "chunked", "cuda")
+BACKENDS = ("auto", "ref", "chunked", "cuda", "triton")
 
 # name -> (module, attribute) of the optional kernels we dispatch to
 KERNELS = {
@@ -30,6 +31,15 @@ KERNELS = {
     "causal_conv1d_update": ("causal_conv1d", "causal_conv1d_update"),
 }
 
+# build-free Triton paths: op -> (module, function, the module's "why not here" check)
+TRITON_PATHS = {
+    "selective_scan": ("cab_bench.ops.triton_scan", "selective_scan_triton", "triton_unavailable"),
+    "ssd_scan": ("cab_bench.ops.fla_ssd", "ssd_scan_fla", "fla_unavailable"),
+}
+
+# what `auto` tries first on CUDA tensors, per op (default: the mamba-ssm kernel, then the Triton path)
+AUTO_ORDER = {"ssd_scan": ("triton", "cuda")}
+
 @functools.cache
 def kernel(name:str)->tuple[Callable|None, str]:
     "Import the optional kernel `name` once; return `(fn, '')` or `(None, why it is unavailable)`."
@@ -37,6 +47,15 @@ def kernel(name:str)->tuple[Callable|None, str]:
     try: return getattr(importlib.import_module(mod), attr), ""
     except Exception as e:  # ImportError, missing CUDA extension (ModuleNotFoundError), ABI mismatch (OSError), ...
         return None, f"{mod.split('.')[0]} is not usable ({type(e).__name__}: {e})"
+
+def triton_path(name:str)->tuple[Callable|None, str]:
+    "The build-free Triton implementation of op `name`: `(fn, '')` or `(None, why it cannot run here)`."
+    if name not in TRITON_PATHS: return None, f"{name} has no Triton path"
+    mod, attr, check = TRITON_PATHS[name]
+    try: m = importlib.import_module(mod)
+    except Exception as e: return None, f"{mod} is not importable ({type(e).__name__}: {e})"
+    why = getattr(m, check)()
+    return (None, why) if why else (getattr(m, attr), "")
 
 # %% ../../nbs/10_ops.backend.ipynb #ae17903e
 _default_backend = [os.environ.get("CAB_BENCH_BACKEND", "auto")]
@@ -49,23 +68,43 @@ def use_backend(name:str):
     try: yield
     finally: _default_backend.pop()
 
+_ABOUT = {"cuda": "{pkg} kernel on CUDA tensors",
+          "triton": "Triton kernel without a build ({mod}) on CUDA tensors"}
+
 def pick_backend(
     op:str,              # op name, a key of `KERNELS`
     backend:str|None,    # asked-for backend, None for the current default
     tensors:tuple=(),    # the op's tensor arguments (device decides)
-    unsupported:str="",  # non-empty: why the kernel cannot serve this call (an option it lacks)
+    unsupported:str="",  # non-empty: why the mamba-ssm kernel cannot serve this call (an option it lacks)
 )->tuple[str, str]:      # (path, reason)
     "Decide which implementation serves a call, with the reason."
     backend = backend or _default_backend[-1]
     check_choice("backend", backend, BACKENDS)
     if backend in ("ref", "chunked"): return backend, "asked for"
     on_cuda = all(t.is_cuda for t in tensors if isinstance(t, torch.Tensor))
-    fn, why = kernel(op)
-    reason = ("tensors are not on a CUDA device" if not on_cuda else why if fn is None else unsupported)
-    if backend == "cuda":
-        if reason: raise CabError(f"backend='cuda' cannot run {op}: {reason}. Use backend='chunked' or 'auto'.")
-        return "cuda", "asked for"
-    return ("chunked", reason) if reason else ("cuda", f"{KERNELS[op][0].split('.')[0]} kernel on CUDA tensors")
+    def why_not(path):
+        if path == "cuda":
+            fn, why = kernel(op)
+            return "tensors are not on a CUDA device" if not on_cuda else why if fn is None else unsupported
+        fn, why = triton_path(op)
+        if fn is None: return why
+        if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1": return "tensors are not on a CUDA device"
+        return ""
+    if backend == "triton" and op not in TRITON_PATHS: return "chunked", f"{op} has no Triton path"
+    if backend in ("cuda", "triton"):
+        why = why_not(backend)
+        if why: raise CabError(f"backend={backend!r} cannot run {op}: {why}. Use backend='chunked' or 'auto'.")
+        return backend, "asked for"
+    if not on_cuda: return "chunked", "tensors are not on a CUDA device"
+    reasons = []
+    for path in AUTO_ORDER.get(op, ("cuda", "triton")):
+        if path == "triton" and op not in TRITON_PATHS: continue
+        why = why_not(path)
+        if not why:
+            mod = TRITON_PATHS[op][0] if path == "triton" else ""
+            return path, _ABOUT[path].format(pkg=KERNELS[op][0].split(".")[0], mod=mod)
+        reasons.append(f"{path}: {why}")
+    return "chunked", "; ".join(reasons)
 
 # %% ../../nbs/10_ops.backend.ipynb #72aa690b
 def _version(pkg:str)->str|None:
@@ -76,18 +115,19 @@ def _version(pkg:str)->str|None:
 
 def backend_report(
     device:str|torch.device|None=None,  # the device calls would run on; default: CUDA when available, else CPU
-)->dict:                                # op -> {'path', 'reason'}, plus 'versions'
+)->dict:                                # op -> {'path', 'reason'} (ssd_scan on fla also 'backward'), plus 'versions'
     "Say which path each op takes for default options on `device` here, and why."
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     probe = (torch.empty(0, device="meta"),) if dev.type != "cuda" else ()
     report = {}
     for op in KERNELS:
-        if dev.type == "cuda":
-            fn, why = kernel(op)
-            report[op] = dict(path="cuda" if fn else "chunked", reason=why or "kernel imported, tensors on CUDA")
-        else:
-            path, why = pick_backend(op, "auto", probe)
-            report[op] = dict(path=path, reason=why)
-    report["versions"] = {p: _version(p) for p in ("torch", "mamba-ssm", "causal-conv1d", "triton")}
+        path, why = pick_backend(op, "auto", probe)
+        report[op] = dict(path=path, reason=why)
+    if report["ssd_scan"]["path"] == "triton":
+        from cab_bench.ops.fla_ssd import fla_backward_unsafe
+        unsafe = fla_backward_unsafe(dev)
+        report["ssd_scan"]["backward"] = (f"fla's forward kernel run three more times (fla's own backward is unsafe: {unsafe})"
+                                          if unsafe else "fla's own backward kernels")
+    report["versions"] = {p: _version(p) for p in ("torch", "mamba-ssm", "causal-conv1d", "triton", "fla-core")}
     report["device"] = str(dev)
     return report

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import CabError
-from .backend import kernel, pick_backend
+from .backend import kernel, pick_backend, triton_path
 
 # %% auto #0
 __all__ = ['SCAN_BUCKET', 'SCAN_GPU_ELEMS', 'SHORT_CPU_LEN', 'compute_dtype', 'selective_scan_ref', 'auto_chunk', 'chunk_bounds',
@@ -429,7 +429,7 @@ def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     *,
     initial_state:torch.Tensor|None=None,  # (batch, d, N) h_0 (not supported by the mamba-ssm kernel)
-    backend:str|None=None,                 # 'auto' (default), 'ref', 'chunked' or 'cuda'
+    backend:str|None=None,                 # 'auto' (default), 'ref', 'chunked', 'cuda' or 'triton'
     chunk_size:int|None=None,              # chunked path only
 ):
     "Selective scan (Mamba-1) with mamba-ssm's signature; see the glossary above for shapes."
@@ -439,6 +439,9 @@ def selective_scan(
         fn, _ = kernel("selective_scan")
         c = lambda t: None if t is None else t.contiguous()             # the kernel wants unit stride along L
         return fn(c(u), c(delta), A, c(B), c(C), D, c(z), delta_bias, delta_softplus, return_last_state)
+    if path == "triton":
+        fn, _ = triton_path("selective_scan")
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
     if path == "ref" or (path == "chunked" and why != "asked for" and not u.is_cuda and u.shape[-1] <= SHORT_CPU_LEN):
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
     return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import CabError
-from .backend import kernel, pick_backend
+from .backend import kernel, pick_backend, triton_path
 from .selective_scan import compute_dtype
 
 # %% auto #0
@@ -184,7 +184,7 @@ def ssd_scan(
     x, dt, A, B, C, chunk_size:int=64, D=None, z=None, dt_bias=None, initial_states=None,
     dt_softplus:bool=False, dt_limit:tuple=(0.0, math.inf), return_final_states:bool=False,
     *,
-    backend:str|None=None,   # 'auto' (default), 'ref', 'chunked' or 'cuda'
+    backend:str|None=None,   # 'auto' (default), 'ref', 'chunked', 'cuda' or 'triton' (fla-core)
 ):
     "Mamba-2 SSD scan with mamba-ssm's `mamba_chunk_scan_combined` signature; shapes in the glossary above."
     path, _ = pick_backend("ssd_scan", backend, (x, dt, A, B, C))
@@ -192,5 +192,8 @@ def ssd_scan(
               return_final_states=return_final_states)
     if path == "cuda":
         fn, _ = kernel("ssd_scan")
+        return fn(x, dt, A, B, C, chunk_size, **kw)
+    if path == "triton":
+        fn, _ = triton_path("ssd_scan")
         return fn(x, dt, A, B, C, chunk_size, **kw)
     return (ssd_scan_ref if path == "ref" else ssd_scan_chunked)(x, dt, A, B, C, chunk_size, **kw)

@@ -1,0 +1,272 @@
+"""The build-free scan paths: our Triton selective scan (`ops.triton_scan`) and SSD through fla-core (`ops.fla_ssd`).
+
+On a CPU: the Triton kernels in Triton's interpreter (in a subprocess, since `TRITON_INTERPRET` must be set before
+Triton is imported), the fla mapping and our backward with the materialised kernel `gla_ref`, and the dispatch.
+On a GPU (`cuda` marker): the real kernels against the sequential reference and, where built, mamba-ssm; outputs and
+every gradient, every option, random shapes including lengths that are not a multiple of the chunk.
+"""
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from cab_bench.core import seed_everything
+from cab_bench.ops import (kernel, backend_report, pick_backend, selective_scan, ssd_scan, random_scan_inputs,
+                           random_ssd_inputs, use_backend, triton_path)
+from cab_bench.ops.selective_scan import selective_scan_ref
+from cab_bench.ops.ssd import ssd_scan_ref
+from cab_bench.ops.fla_ssd import ssd_scan_fla, gla_ref, fla_unavailable, fla_backward_unsafe
+
+SCAN_OPTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+SSD_OPTS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+
+
+def rel(a, b):
+    """Relative error in norm (robust for gradients summed over many elements); an exactly zero reference (dA at L = 1
+    without an initial state) is compared against a floor of 1e-6 instead of dividing by zero."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-6)).item()
+
+
+def scan_case(fn, x, keys, softplus, dtype, through_state=True):
+    "Output, last state and the gradients of `keys` for one random cotangent (on the state too, unless not `through_state`)."
+    a = {k: x[k].detach().to(dtype).clone().requires_grad_() for k in keys}
+    y, h = fn(**a, delta_softplus=softplus, return_last_state=True)
+    g = torch.Generator(device=x["u"].device).manual_seed(1)
+    gy = torch.randn(y.shape, generator=g, device=y.device, dtype=torch.float64)
+    gh = torch.randn(h.shape, generator=g, device=y.device, dtype=torch.float64)
+    ((y.double() * gy).sum() + (h.double() * gh).sum() * through_state).backward()
+    return y.detach(), h.detach(), {k: a[k].grad for k in keys}
+
+
+def compare_scan(fn, x, keys, softplus, dtype, tol, ref=selective_scan_ref):
+    y, h, gr = scan_case(fn, x, keys, softplus, dtype)
+    y0, h0, g0 = scan_case(ref, x, keys, softplus, torch.float64 if ref is selective_scan_ref else dtype)
+    assert y.dtype == dtype
+    errs = {"y": rel(y, y0), "h": rel(h, h0), **{k: rel(gr[k], g0[k]) for k in keys}}
+    bad = {k: e for k, e in errs.items() if not e < tol}
+    assert not bad, f"relative errors above {tol}: {bad}"
+
+
+# ---------------------------------------------------------------- CPU: the Triton kernels in the interpreter
+INTERP = textwrap.dedent('''
+    import itertools, random, sys, torch
+    from cab_bench.ops.triton_scan import selective_scan_triton
+    from cab_bench.ops.selective_scan import random_scan_inputs
+    from cab_bench.ops import selective_scan
+    sys.path.insert(0, {tests!r})
+    from test_kernels import compare_scan, SCAN_OPTS
+    cases = {cases}
+    for bc, b, d, l, N, opts, sp, seed in cases:
+        x = random_scan_inputs(b=b, d=d, l=l, N=N, bc=bc, dtype=torch.float64, seed=seed)
+        if not sp: x["delta"] = torch.nn.functional.softplus(x["delta"])
+        keys = [k for k in SCAN_OPTS if k in ("u", "delta", "A", "B", "C") or k in opts]
+        compare_scan(selective_scan_triton, x, keys, sp, torch.float32, 1e-4)
+        # the dispatch reaches it with backend='triton' (allowed on a CPU only under the interpreter)
+        args = [x[k].float() for k in ("u", "delta", "A", "B", "C")]
+        if sp: args[1] = torch.nn.functional.softplus(args[1])
+        torch.testing.assert_close(selective_scan(*args, backend="triton"), selective_scan_triton(*args))
+    print("ok", len(cases))
+''')
+
+
+def run_interpreted(cases):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    code = INTERP.format(tests=os.path.dirname(__file__), cases=repr(cases))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_triton_scan_interpreted_all_options():
+    "Every option at once and none, the three B/C layouts, a partly filled chunk (tiny shapes)."
+    all_opts = ("D", "z", "delta_bias", "initial_state")
+    run_interpreted([("shared", 2, 8, 37, 4, all_opts, True, 0), ("grouped", 1, 4, 5, 3, (), False, 1),
+                     ("const", 2, 4, 9, 2, all_opts, True, 2)])
+
+
+@pytest.mark.slow
+def test_triton_scan_interpreted_random_shapes():
+    "Random shapes and option subsets (lengths around the 16-step chunk, N not a power of two)."
+    rng = __import__("random").Random(0)
+    cases = []
+    for i in range(8):
+        opts = tuple(o for o in ("D", "z", "delta_bias", "initial_state") if rng.random() < 0.5)
+        cases.append((rng.choice(["const", "shared", "grouped"]), rng.randint(1, 3), rng.choice([2, 4, 6, 12]),
+                      rng.choice([1, 15, 16, 17, 33, 70]), rng.randint(1, 9), opts, rng.random() < 0.5, i))
+    run_interpreted(cases)
+
+
+# ---------------------------------------------------------------- CPU: fla's mapping and our backward
+@pytest.mark.parametrize("seed", range(4))
+def test_fla_mapping_and_backward_with_materialised_kernel(seed):
+    "ssd_scan_fla with `gla_ref` in place of fla's kernel: every option, random shapes, every gradient (float64)."
+    rng = __import__("random").Random(seed)
+    g = rng.choice([1, 2])
+    shape = dict(b=rng.randint(1, 2), l=rng.randint(1, 20), h=g * rng.randint(1, 2), p=rng.randint(1, 4), g=g,
+                 n=rng.randint(1, 5), seed=seed)
+    x = random_ssd_inputs(dtype=torch.float64, **shape)
+    opts = [o for o in ("D", "z", "dt_bias", "initial_states") if rng.random() < 0.7]
+    keys = ["x", "dt", "A", "B", "C", *opts]
+    lim = rng.choice([(0.0, math.inf), (0.02, 0.08)])
+
+    def run(fn, **kw):
+        a = {k: x[k].clone().requires_grad_() for k in keys}
+        y, s = fn(**a, dt_softplus=True, dt_limit=lim, return_final_states=True, **kw)
+        (y.square().sum() + (s * 0.5).sum()).backward()
+        return y, s, {k: a[k].grad for k in keys}
+
+    y, s, gr = run(ssd_scan_fla, gla=gla_ref)
+    y0, s0, g0 = run(ssd_scan_ref)
+    torch.testing.assert_close(y, y0); torch.testing.assert_close(s.double(), s0)
+    for k in keys: torch.testing.assert_close(gr[k], g0[k], msg=k)
+
+
+def test_cpu_dispatch_unchanged():
+    "On CPU tensors `auto` still takes the PyTorch paths; backend_report says why; fla names its unavailability."
+    x = random_scan_inputs(dtype=torch.float32)
+    assert pick_backend("selective_scan", "auto", (x["u"],)) == ("chunked", "tensors are not on a CUDA device")
+    y = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    torch.testing.assert_close(y, selective_scan_ref(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"],
+                                                     x["delta_bias"], True))
+    r = backend_report("cpu")
+    assert r["selective_scan"]["path"] == "chunked" and r["ssd_scan"]["path"] == "chunked"
+    if not torch.cuda.is_available():
+        assert fla_unavailable() and fla_backward_unsafe() == ""
+        with pytest.raises(Exception, match="backend='triton' cannot run ssd_scan"):
+            pick_backend("ssd_scan", "triton", (x["u"],))
+
+
+# ---------------------------------------------------------------- GPU
+DEV = "cuda"
+
+
+def need_triton(op):
+    fn, why = triton_path(op)
+    if fn is None: pytest.skip(why)
+
+
+def need_kernel(op):
+    fn, why = kernel(op)
+    if fn is None: pytest.skip(why)
+
+
+@pytest.mark.cuda
+def test_auto_prefers_build_free_paths():
+    need_triton("selective_scan"); need_triton("ssd_scan")
+    r = backend_report("cuda")
+    assert r["ssd_scan"]["path"] == "triton" and "backward" in r["ssd_scan"]
+    want = "cuda" if kernel("selective_scan")[0] else "triton"
+    assert r["selective_scan"]["path"] == want
+    x = random_scan_inputs(device=DEV, dtype=torch.float32)
+    # an initial state, which the mamba-ssm kernel lacks, goes to the Triton kernel
+    path, _ = pick_backend("selective_scan", "auto", (x["u"],), unsupported="initial_state")
+    assert path == "triton"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("seed", range(6))
+def test_triton_scan_matches_reference_random(seed):
+    "Random shapes (lengths off the chunk), layouts and options; float32 and bf16; outputs, state, every gradient."
+    need_triton("selective_scan")
+    rng = __import__("random").Random(seed)
+    bc = ["const", "shared", "grouped"][seed % 3]
+    b, d, l, N = rng.randint(1, 3), rng.choice([8, 24, 64]), rng.choice([1, 33, 100, 257, 1000]), rng.choice([1, 4, 16, 13])
+    x = random_scan_inputs(b=b, d=d, l=l, N=N, bc=bc, dtype=torch.float64, device=DEV, seed=seed)
+    opts = [o for o in ("D", "z", "delta_bias", "initial_state") if rng.random() < 0.6]
+    sp = rng.random() < 0.7
+    if not sp: x["delta"] = torch.nn.functional.softplus(x["delta"])
+    keys = ["u", "delta", "A", "B", "C", *opts]
+    fn = lambda **a: selective_scan(**a, backend="triton")
+    compare_scan(fn, x, keys, sp, torch.float32, 2e-4)
+    compare_scan(fn, x, keys, sp, torch.bfloat16, 3e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bc", ["const", "shared", "grouped"])
+def test_triton_scan_matches_mamba_ssm(bc, dtype):
+    "Against mamba-ssm's CUDA kernel at a Vim-like shape (L 197, not a multiple of the chunk), every option it has."
+    need_triton("selective_scan"); need_kernel("selective_scan")
+    x = random_scan_inputs(b=4, d=96, l=197, N=16, bc=bc, dtype=torch.float32, device=DEV, seed=3)
+    keys = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+    x = {k: v for k, v in x.items() if k in keys}
+    # mamba-ssm's last state is not differentiable (its backward takes the output's gradient only): no loss on it
+    res = {be: scan_case(lambda **a: selective_scan(**a, backend=be), x, keys, True, dtype, through_state=False)
+           for be in ("triton", "cuda")}
+    tol = 1e-3 if dtype == torch.float32 else 3e-2
+    (y, h, g), (y0, h0, g0) = res["triton"], res["cuda"]
+    errs = {"y": rel(y, y0), "h": rel(h, h0), **{k: rel(g[k], g0[k]) for k in keys}}
+    assert all(e < tol for e in errs.values()), errs
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("seed", range(4))
+def test_fla_ssd_matches_reference(seed):
+    "fla's kernels with both backwards (fla's own only where safe), random shapes (lengths off the 64-step chunk)."
+    need_triton("ssd_scan")
+    rng = __import__("random").Random(seed)
+    g = rng.choice([1, 2])
+    shape = dict(b=rng.randint(1, 2), l=rng.choice([1, 63, 100, 300]), h=g * rng.choice([1, 3]), p=rng.choice([8, 64]),
+                 g=g, n=rng.choice([16, 64]), seed=seed)
+    x = random_ssd_inputs(dtype=torch.float64, device=DEV, **shape)
+    opts = [o for o in ("D", "z", "dt_bias", "initial_states") if rng.random() < 0.7]
+    keys = ["x", "dt", "A", "B", "C", *opts]
+    lim = rng.choice([(0.0, math.inf), (0.02, 0.08)])
+
+    def run(fn, dtype, **kw):
+        a = {k: x[k].to(dtype).clone().requires_grad_() for k in keys}
+        y, s = fn(**a, dt_softplus=True, dt_limit=lim, return_final_states=True, **kw)
+        gen = torch.Generator(device=DEV).manual_seed(1)
+        gy = torch.randn(y.shape, generator=gen, device=DEV, dtype=torch.float64)
+        gs = torch.randn(s.shape, generator=gen, device=DEV, dtype=torch.float64)
+        ((y.double() * gy).sum() + (s.double() * gs).sum()).backward()
+        return {"y": y.detach(), "s": s.detach(), **{k: a[k].grad for k in keys}}
+
+    ref = run(ssd_scan_ref, torch.float64)
+    for bwd in ["fwd-kernels"] + ([] if fla_backward_unsafe() else ["fla"]):
+        for dtype, tol in ((torch.float32, 5e-3), (torch.bfloat16, 5e-2)):
+            got = run(ssd_scan_fla, dtype, backward=bwd)
+            errs = {k: rel(got[k], ref[k]) for k in ref}
+            assert all(e < tol for e in errs.values()), (bwd, dtype, errs)
+
+
+@pytest.mark.cuda
+def test_fla_ssd_matches_mamba_ssm():
+    "Against mamba-ssm's Triton SSD at a Mamba-2 shape (groups, D, z, dt_bias, softplus, states)."
+    need_triton("ssd_scan"); need_kernel("ssd_scan")
+    x = random_ssd_inputs(b=2, l=500, h=8, p=64, g=2, n=64, dtype=torch.float32, device=DEV, seed=4)
+    res = {}
+    for be in ("triton", "cuda"):
+        a = {k: v.clone().requires_grad_() for k, v in x.items()}
+        y, s = ssd_scan(a["x"], a["dt"], a["A"], a["B"], a["C"], 64, D=a["D"], z=a["z"], dt_bias=a["dt_bias"],
+                        initial_states=a["initial_states"], dt_softplus=True, return_final_states=True, backend=be)
+        (y.square().sum() + s.sum()).backward()
+        res[be] = {"y": y.detach(), "s": s.detach(), **{k: a[k].grad for k in x}}
+    errs = {k: rel(res["triton"][k], res["cuda"][k]) for k in res["cuda"]}
+    assert all(e < 5e-3 for e in errs.values()), errs
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["vim_test", "mamba_lm_test", "mamba2_lm_test"])
+def test_students_triton_vs_chunked_bf16(name):
+    "Vim (both directions), the Mamba-1 LM and the Mamba-2 LM through the dispatch: triton vs chunked, bf16 autocast."
+    need_triton("selective_scan"); need_triton("ssd_scan")
+    from cab_bench.models.students import create_student
+    seed_everything(0)
+    m = create_student(name).to(DEV)
+    inp = torch.randn(4, 3, 16, 16, device=DEV) if name.startswith("vim") else torch.randint(0, 384, (4, 64), device=DEV)
+    outs = {}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        for be in ("triton", "chunked"):
+            with use_backend(be):
+                out = m(inp, return_bc=True)
+                out.logits.float().square().mean().backward()
+                outs[be] = (out.logits.float(), [p.grad.clone() for p in m.parameters() if p.grad is not None])
+                m.zero_grad(set_to_none=True)
+    assert rel(outs["triton"][0], outs["chunked"][0]) < 2e-2
+    assert len(outs["triton"][1]) == len(outs["chunked"][1])
+    for gt, gc in zip(outs["triton"][1], outs["chunked"][1]):
+        assert rel(gt, gc) < 5e-2
