@@ -16,8 +16,8 @@ import torch
 from ..core import CabError, check_choice
 
 # %% auto #0
-__all__ = ['BACKENDS', 'KERNELS', 'TRITON_PATHS', 'AUTO_ORDER', 'kernel', 'triton_path', 'use_backend', 'pick_backend',
-           'backend_report']
+__all__ = ['BACKENDS', 'KERNELS', 'TRITON_PATHS', 'AUTO_ORDER', 'auto_refusal', 'kernel', 'triton_path', 'use_backend',
+           'pick_backend', 'backend_report']
 
 # %% ../../nbs/10_ops.backend.ipynb #2cdcd416
 BACKENDS = ("auto", "ref", "chunked", "cuda", "triton")
@@ -37,8 +37,16 @@ TRITON_PATHS = {
     "ssd_scan": ("cab_bench.ops.fla_ssd", "ssd_scan_fla", "fla_unavailable"),
 }
 
-# what `auto` tries first on CUDA tensors, per op (default: the mamba-ssm kernel, then the Triton path)
-AUTO_ORDER = {"ssd_scan": ("triton", "cuda")}
+# what `auto` tries on CUDA tensors, in order: the mamba-ssm kernel, then the Triton path
+AUTO_ORDER = ("cuda", "triton")
+
+def auto_refusal(op:str, device:torch.device)->str:
+    "Why `auto` must not take op's Triton path on `device` although it runs ('' when it may)."
+    if op != "ssd_scan": return ""
+    from cab_bench.ops.fla_ssd import fla_backward_unsafe
+    unsafe = fla_backward_unsafe(device)
+    return (f"fla's own backward is unsafe here ({unsafe}) and the replacement backward is not yet verified at long "
+            "sequences; ask for it with backend='triton'") if unsafe else ""
 
 @functools.cache
 def kernel(name:str)->tuple[Callable|None, str]:
@@ -97,9 +105,10 @@ def pick_backend(
         return backend, "asked for"
     if not on_cuda: return "chunked", "tensors are not on a CUDA device"
     reasons = []
-    for path in AUTO_ORDER.get(op, ("cuda", "triton")):
+    dev = next((t.device for t in tensors if isinstance(t, torch.Tensor)), torch.device("cuda"))
+    for path in AUTO_ORDER:
         if path == "triton" and op not in TRITON_PATHS: continue
-        why = why_not(path)
+        why = why_not(path) or (auto_refusal(op, dev) if path == "triton" else "")
         if not why:
             mod = TRITON_PATHS[op][0] if path == "triton" else ""
             return path, _ABOUT[path].format(pkg=KERNELS[op][0].split(".")[0], mod=mod)
