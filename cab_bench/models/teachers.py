@@ -560,7 +560,7 @@ def _load_hf(spec, ref, pretrained, trust_remote_code, model_kwargs, gguf_file=N
     try: config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code, **extra)
     except Exception as e:
         raise CabError(f"teacher={spec!r}: no model config could be read from {where} ({type(e).__name__}: {e})"
-                       + ("" if local.is_dir() else "; offline, use a save_pretrained directory: 'hf:<dir>'")) from e
+                       + ("" if local.is_dir() else "; offline, use a local directory: 'hf:<save_pretrained dir>' or 'hf:<dir>@<file>.gguf'")) from e
     if config.model_type not in LM_FAMILIES:
         raise _bad_spec(spec, f"{where} holds a {config.model_type!r} model; supported causal-LM families: "
                         "gpt2 (GPT-2), gpt_neox (GPT-NeoX/Pythia), phi (Phi), llama (Llama)")
