@@ -25,51 +25,13 @@ from ..models.students import MambaLM, StudentOutput, Vim, create_student
 from ..train import Stage, TrainConfig, TrainResult, check_stages, train
 
 # %% auto #0
-__all__ = ['VISION_FAMILIES', 'LANGUAGE_FAMILIES', 'KERNELS', 'BC_NAMES', 'LOSS_TERMS', 'METHODS', 'tiny_pair', 'random_dataset',
-           'tiny_cfg', 'layer_map', 'teacher_kernel', 'student_bc_dim', 'Bridge', 'to_student_tokens', 'cab_align_loss',
-           'cab_align_loss_ref', 'soft_kd_loss', 'hard_kd_loss', 'ce_loss', 'LossTerm', 'register_loss', 'StepContext',
-           'DistillModule', 'Method', 'MethodSpec', 'register_method', 'method_names', 'method_options',
-           'check_outputs', 'check_tokens', 'check_pair', 'build_method', 'Params']
+__all__ = ['KERNELS', 'BC_NAMES', 'LOSS_TERMS', 'METHODS', 'layer_map', 'teacher_kernel', 'student_bc_dim', 'Bridge',
+           'to_student_tokens', 'cab_align_loss', 'cab_align_loss_ref', 'soft_kd_loss', 'hard_kd_loss', 'ce_loss',
+           'LossTerm', 'register_loss', 'StepContext', 'DistillModule', 'Method', 'MethodSpec', 'register_method',
+           'method_names', 'method_options', 'check_outputs', 'check_tokens', 'check_pair', 'build_method', 'Params']
 
 # %% ../../nbs/30_distill.core.ipynb #6aabc6f0
-VISION_FAMILIES, LANGUAGE_FAMILIES = ('vit', 'deit', 'deit_distilled'), ('gpt2', 'gpt_neox', 'phi', 'llama')
-
-def tiny_pair(
-    family:str='deit',      # teacher family: 'vit', 'deit', 'deit_distilled', 'gpt2', 'gpt_neox', 'phi', 'llama'
-    student:str|None=None,  # registered student; None: 'vim_test' (vision) / 'mamba2_lm_test' (language)
-    seed:int=0,             # teacher and student weights
-    path=None,              # where the teacher is written; None: a fresh temporary directory
-    teacher_overrides:dict|None=None,  # passed to `make_tiny_teacher`
-    **student_overrides,    # passed to `create_student`
-)->tuple:                   # (Teacher, student)
-    "A tiny random teacher and a student that fits it (same input size, classes / vocabulary)."
-    check_choice('family', family, VISION_FAMILIES + LANGUAGE_FAMILIES)
-    spec = make_tiny_teacher(family, path or tempfile.mkdtemp(prefix='cab_tiny_'), seed=seed, **(teacher_overrides or {}))
-    teacher = load_teacher(spec)
-    dflt = dict(img_size=32, patch_size=8) if family in VISION_FAMILIES else {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        s = create_student(student or ('vim_test' if family in VISION_FAMILIES else 'mamba2_lm_test'), **{**dflt, **student_overrides})
-    return teacher, s
-
-def random_dataset(
-    teacher:Teacher,    # decides the kind: images of its input size, or tokens of its vocabulary
-    n:int=16,           # samples
-    seq_len:int=12,     # language: tokens per block
-    seed:int=0,
-)->TensorDataset:       # (images, labels) or (input_ids, targets) with targets = ids shifted by one
-    "Random inputs a tiny pair can train on."
-    g = torch.Generator().manual_seed(seed)
-    if teacher.kind == 'vision':
-        c, h, w = teacher.data_config['input_size']
-        return TensorDataset(torch.randn(n, c, h, w, generator=g), torch.randint(0, teacher.num_classes, (n,), generator=g))
-    ids = torch.randint(3, teacher.vocab_size, (n, seq_len + 1), generator=g)
-    return TensorDataset(ids[:, :-1], ids[:, 1:])
-
-def tiny_cfg(out_dir, **kw)->TrainConfig:
-    "A `TrainConfig` for tests: CPU, small batches, no progress bar."
-    return TrainConfig(**{**dict(max_steps=4, batch_size=4, lr=3e-3, warmup_frac=0.0, log_every=1, eval_batches=1,
-                                 device='cpu', progress=False, out_dir=str(out_dir)), **kw})
+from ..testing import LANGUAGE_FAMILIES, VISION_FAMILIES, random_dataset, tiny_cfg, tiny_pair
 
 # %% ../../nbs/30_distill.core.ipynb #277c7fb1
 def layer_map(
