@@ -1,6 +1,6 @@
 """Vision methods on the digits default at equal budget: train a small ViT teacher on digits, then distill Vim students.
 
-    python bench/digits_methods.py --out bench/results/digits_methods.json [--methods vanilla soft_kd cab] [--seeds 0 1 2]
+    python -m bench.studies.digits_methods --out bench/results/digits_methods.json [--methods vanilla soft_kd cab] [--seeds 0 1 2]
 
 The teacher (timm ViT, 8x8 single-channel input, patch 2, D=64, 4 layers) is trained here from a fixed seed and
 saved as a local checkpoint (safetensors + the JSON sidecar `load_teacher` reads); every student run goes through
@@ -10,7 +10,6 @@ metrics and a mean/std summary per method.
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,10 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cab_bench.core import seed_everything  # noqa: E402
-from cab_bench.data import build_datasets  # noqa: E402
-from cab_bench.experiment import DistillConfig, evaluate_logits, run  # noqa: E402
+from cab_bench.core import seed_everything
+from cab_bench.data import build_datasets
+from cab_bench.experiment import DistillConfig, evaluate_logits, run
 
 TEACHER = "vit_tiny_patch16_224"
 TEACHER_KW = dict(img_size=8, patch_size=2, in_chans=1, embed_dim=64, depth=4, num_heads=4, num_classes=10)

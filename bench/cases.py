@@ -1,4 +1,5 @@
-"""The teacher/student pairs the suite times (random init: speed and memory do not depend on the weights).
+"""The suite's shared cases: the teacher/student pairs it times (random init: speed and memory do not depend on the
+weights), their batches, and the method stages each step section times.
 
 Language: a GPT-2-small-size teacher (12 layers, d 768, 12 heads, GPT-2 vocabulary) -> a 12-layer Mamba-2 student
 (`mamba2_gpt2_6l` with n_layer=12 and headdim=128: 12 heads like the teacher, which MOHAWK's per-head matrix
@@ -10,7 +11,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-import benchlib  # noqa: F401  (puts the repo root on sys.path)
 from cab_bench.models import Teacher, create_student, load_teacher
 
 
@@ -99,3 +99,21 @@ def vision_batch(classes:int, b:int, size:int, dev, seed:int=0)->tuple:
 
 
 def n_params(module)->int: return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------- the method stages the step sections time
+# (label, method, stage, options, what it computes); the order is the priority under the time cap
+LM_METHODS = [
+    ("soft_kd", "soft_kd", "kd", dict(ce=1.0), "KL + CE"),
+    ("cab", "cab", "distill", dict(two_stage=False), "one stage: CE + 0.5 KL + 0.5 align (bridge on B/C vs teacher K/Q)"),
+    ("mohawk_orient", "mohawk", "orient", {}, "MOHAWK stage 1: per-head Frobenius loss of materialised mixer matrices vs attention"),
+    ("cab_align", "cab", "align", {}, "CAB's language stage 1 (two-stage default): alignment only"),
+    ("hedgemamba_hedgehog", "hedgemamba", "hedgehog", {}, "HedgeMamba stage 1: Hedgehog feature maps, cosine loss per layer"),
+]
+VISION_METHODS = [
+    ("soft_kd", "soft_kd", "kd", {}, "KL"),
+    ("cab", "cab", "distill", {}, "KL + 3 align (vision default, one stage)"),
+    ("mohawk_orient", "mohawk", "orient", {}, "MOHAWK stage 1: Vim's per-channel matrices (b, E, l, l) per direction, averaged per head"),
+]
+PROFILED = ("soft_kd", "cab", "cab_align", "mohawk_orient")
+VISION_PROFILED = ("soft_kd", "cab")

@@ -1,6 +1,6 @@
 """CAB's alignment with and without activation checkpointing of its bridges: step time and peak memory.
 
-    python bench/align_checkpoint.py --out bench/results/align_checkpoint_h200.json [--rounds 2] [--smoke]
+    python -m bench.studies.align_checkpoint --out bench/results/align_checkpoint_h200.json [--rounds 2] [--smoke]
 
 `align_checkpoint` (a `cab` option, on by default) recomputes the stacked bridge MLPs in the backward pass instead of
 keeping their activations. This times the trainer's optimizer step (bench_step.StageStep) of CAB's stages with the
@@ -9,13 +9,10 @@ option on and off, next to soft_kd, on the suite's two pairs: DeiT-Tiny-size -> 
 The two settings are measured in alternating rounds, so drift of the machine shows up as spread, not as a difference.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent)); sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchlib import GB, configure, device, environment, free_memory, log, measure, write_json  # noqa: E402
-from pairs import lm_batch, lm_pair, lm_student, lm_teacher, vision_batch, vision_pair, vision_student, vision_teacher  # noqa: E402
-from bench_step import StageStep, _build  # noqa: E402
+from ..benchlib import GB, configure, device, environment, free_memory, log, measure, write_json
+from ..cases import lm_batch, lm_pair, lm_student, lm_teacher, vision_batch, vision_pair, vision_student, vision_teacher
+from ..bench_step import StageStep, _build
 
 # (label, task, method, stage, options); cab rows run with align_checkpoint True and False
 CASES = [

@@ -1,26 +1,27 @@
 """A short CAB run on the GPU: DeiT-Tiny-size teacher -> Vim-Tiny-size student (random init), 224 px, bf16.
 
-    python bench/cab_vision_gpu.py --out bench/results/cab_vision_h200.json [--steps 20] [--batch 128]
+    python -m bench.studies.cab_vision_gpu --out bench/results/cab_vision_h200.json [--steps 20] [--batch 128]
 
 First runs the real trainer (`cab_bench.train.train`) for a few steps on random images (checks the whole path on the
-GPU with bf16 autocast), then times optimizer steps of the same distill module directly (CUDA events, after warm-up)
-for images/s and the allocator's peak memory. Writes JSON with the environment.
+GPU with bf16 autocast), then times the trainer's optimizer step (`train_step`, through the suite's `StageStep`) of
+the same distill module (CUDA events, after warm-up) for images/s and the allocator's peak memory. Writes JSON with
+the environment.
 """
 import argparse
 import json
 import statistics
-import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_ops import environment  # noqa: E402
-from cab_bench.core import seed_everything  # noqa: E402
-from cab_bench.distill import build_method  # noqa: E402
-from cab_bench.models import create_student, load_teacher  # noqa: E402
-from cab_bench.train import TrainConfig, train  # noqa: E402
+from ..benchlib import environment
+from ..bench_step import StageStep
+from cab_bench.core import seed_everything
+from cab_bench.distill import build_method
+from cab_bench.models import create_student, load_teacher
+from cab_bench.train import TrainConfig, train
 
 
 def main(argv=None):
@@ -47,20 +48,11 @@ def main(argv=None):
         res = train(method.module, method.stages, ds, None, TrainConfig(max_steps=steps, batch_size=batch, device=dev,
                     precision="auto", out_dir=d, log_every=max(1, steps // 4), progress=False))
     losses = res.stage_losses
-    # direct timing of optimizer steps of the same module (all stages' trainable parameters)
+    # the trainer's optimizer step of the same module (its one stage), timed
     module = method.module.to(dev)
-    params = [p for n_, p in module.named_parameters() if n_ not in module.frozen_names()]
-    for p in params: p.requires_grad_(True)
-    module.active_terms = set().union(*(s.losses for s in method.stages))
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    weights = method.stages[0].losses
+    st = StageStep(method, method.stages[0].name, torch.device(dev))
     x = torch.randn(batch, 3, size, size, device=dev); y = torch.randint(0, student.num_classes, (batch,), device=dev)
-    ac = torch.autocast("cuda", dtype=torch.bfloat16) if dev == "cuda" else torch.autocast("cpu", enabled=False)
-    def step():
-        with ac:
-            terms = module.losses((x, y))
-            loss = sum(weights.get(k, 0.0) * v for k, v in terms.items())
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    def step(): st((x, y))
     for _ in range(3): step()
     times = []
     if dev == "cuda": torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
@@ -69,7 +61,7 @@ def main(argv=None):
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record(); step(); e.record(); torch.cuda.synchronize(); times.append(s.elapsed_time(e) / 1e3)
         else:
-            import time; t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+            t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
     sec = statistics.median(times)
     out = dict(env=environment(), smoke=a.smoke, teacher=("tiny deit (smoke)" if a.smoke else "deit_tiny_patch16_224 (random init)"), student=("vim_test (smoke)" if a.smoke else "vim_tiny_patch16_224"),
                img_size=size, batch=batch, trainer_steps=res.steps, trainer_stage_losses=losses, trainer_device=res.device,

@@ -1,6 +1,6 @@
 """Chunked selective scan, both forms (cumsum, scan), eager and compiled, vs the sequential reference and mamba-ssm's kernel.
 
-    python bench/chunked_compile.py --out bench/results/chunked_compile_h200.json
+    python -m bench.studies.chunked_compile --out bench/results/chunked_compile_h200.json
 
 At ENV.md's Vim-Tiny shape (batch 128, d_inner 384, L 197, N 16, fp32, B/C per batch), forward and forward+backward,
 median of CUDA-event timings after warm-up; also checks that the compiled path matches the eager one and the kernel.
@@ -8,10 +8,9 @@ median of CUDA-event timings after warm-up; also checks that the compiled path m
 import argparse, json, os, sys
 from pathlib import Path
 import torch
-sys.path.insert(0, str(Path(__file__).resolve().parent)); sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import benchlib as bl  # noqa: E402
-import cab_bench.ops  # noqa: E402
-from cab_bench.ops.selective_scan import random_scan_inputs  # noqa: E402
+from .. import benchlib as bl
+import cab_bench.ops
+from cab_bench.ops.selective_scan import random_scan_inputs
 ss_mod = sys.modules["cab_bench.ops.selective_scan"]
 
 
