@@ -1,9 +1,10 @@
 """Time and peak memory of one optimizer step of each distillation method's stage, language and vision.
 
-One step is what `cab_bench.train.train` does per optimizer step, without the trainer's logging and checkpoints:
-the stage's trainable parameters (`stage_parameters`), its AdamW groups and schedule (`stage_optimizer`), the
-weighted loss of the trainer's own `_Losses` module under bf16 autocast (GPU), backward, gradient clipping at 1.0,
-`opt.step()`, `sched.step()`, `zero_grad(set_to_none=True)`.
+One step is the trainer's own `cab_bench.train.train_step`, without the trainer's logging and checkpoints: the
+stage's trainable parameters (`stage_parameters`), its AdamW groups and schedule (`stage_optimizer`), the weighted
+loss of `LossModel` under bf16 autocast (GPU), backward, the finiteness check, gradient clipping at 1.0, the
+optimizer and schedule steps, `zero_grad(set_to_none=True)` (`optimizer_update`). The committed results were
+measured before the step was shared with the trainer (the same operations, without the finiteness check).
 
 Language (`section='step'`): sequence lengths from 512 up (ENV-style reference length 2048 first), batch =
 tokens_per_step // L; a method's sweep stops at its first OOM. Vision (`section='vision'`): 224 px, images/s.

@@ -46,7 +46,7 @@ def _run_layers(layers, h, return_bc, return_hidden, caches=None):
 TASKS = ("vision", "language")
 
 class Student(nn.Module, metaclass=abc.ABCMeta):
-    "The interface of a student: its task, layers and mixers, a forward with B/C capture, and the teacher-token order."
+    "The interface of a student: its task, layers and mixers, a forward with B/C capture (and a teacher-token order where it differs)."
     task:str = ""                   # 'vision' or 'language', set by each subclass
 
     @abc.abstractmethod
@@ -64,10 +64,6 @@ class Student(nn.Module, metaclass=abc.ABCMeta):
         m = self.mixers[0]
         if not isinstance(m, Mixer): raise CabError(f"{type(self).__name__}: its mixers ({type(m).__name__}) are not `Mixer`s: no B/C width")
         return m.bc_width
-
-    def teacher_token_index(self, num_prefix_tokens:int=1)->torch.Tensor|None:
-        "Index into a teacher's tokens giving this student's order; None: the same order."
-        return None
 
 def is_ssm_student(student)->bool:
     "Whether `student` has layers whose mixers are all `Mixer`s (what the methods that read or write B/C need)."
