@@ -70,22 +70,23 @@ def prewarm(sections, smoke:bool, cap_s:float)->dict:
         if fn is None: return dict(status=f"skipped: no Triton kernels to compile ({why})")
     groups = [fams] if smoke else [[f] for f in fams]
     t0, procs = time.monotonic(), []
-    logs = Path(tempfile.mkdtemp(prefix="cab_bench_warm_"))
-    for g in groups:
-        name = "+".join(g)
-        out = open(logs / f"{name}.log", "w")
-        cmd = [sys.executable, "-m", "bench.warm", ",".join(g)] + (["--smoke"] if smoke else [])
-        procs.append((name, subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT), out))
-    res = dict(families={})
-    for name, p, out in procs:
-        try: rc = p.wait(timeout=max(1.0, cap_s - (time.monotonic() - t0)))
-        except subprocess.TimeoutExpired:
-            p.kill(); p.wait(); rc = "killed at the pre-warm cap"
-        out.close()
-        text = (logs / f"{name}.log").read_text()
-        last = text.strip().splitlines()[-1] if text.strip() else ""
-        ok = rc == 0 and last.startswith("{")
-        res["families"][name] = json.loads(last) if ok else dict(rc=rc, tail=text[-1500:])
+    with tempfile.TemporaryDirectory(prefix="cab_bench_warm_") as tmp:   # the processes' logs: their tails go into run.json
+        logs = Path(tmp)
+        for g in groups:
+            name = "+".join(g)
+            out = open(logs / f"{name}.log", "w")
+            cmd = [sys.executable, "-m", "bench.warm", ",".join(g)] + (["--smoke"] if smoke else [])
+            procs.append((name, subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT), out))
+        res = dict(families={})
+        for name, p, out in procs:
+            try: rc = p.wait(timeout=max(1.0, cap_s - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                p.kill(); p.wait(); rc = "killed at the pre-warm cap"
+            out.close()
+            text = (logs / f"{name}.log").read_text()
+            last = text.strip().splitlines()[-1] if text.strip() else ""
+            ok = rc == 0 and last.startswith("{")
+            res["families"][name] = json.loads(last) if ok else dict(rc=rc, tail=text[-1500:])
     res["wall_s"] = round(time.monotonic() - t0, 1)
     res["status"] = "ok" if all(isinstance(v, dict) and "rc" not in v for v in res["families"].values()) else "failed (sections autotune themselves)"
     return res
