@@ -16,8 +16,8 @@ import statistics
 
 import torch
 
-from benchlib import Deadline, Guard, SectionLog, GB, MB, autocast, device, estimate, free_memory, log, time_once
-from pairs import lm_pair, lm_student, lm_teacher, n_params
+from .benchlib import Deadline, Guard, SectionLog, GB, MB, autocast, device, estimate, free_memory, log, time_once
+from .cases import lm_pair, lm_student, lm_teacher, n_params
 
 MODELS = ("student", "teacher")
 

@@ -1,14 +1,14 @@
 """Benchmark the sequence-mixing ops, every available path, forward and forward+backward.
 
-    python bench/bench_ops.py --out bench/results/ops.json        # GPU: ENV.md's shapes, then sequence lengths 1K-16K
-    python bench/bench_ops.py --smoke --out /tmp/ops_smoke.json    # CPU: tiny shapes, a few repeats
+    python -m bench.bench_ops --out bench/results/ops.json        # GPU: ENV.md's shapes, then sequence lengths 1K-16K
+    python -m bench.bench_ops --smoke --out /tmp/ops_smoke.json    # CPU: tiny shapes, a few repeats
 
 Paths: 'ref' (sequential reference; only at ENV.md's shapes, it is far too slow at long sequences), 'chunked'
 (PyTorch), 'cuda' (mamba-ssm kernels, when importable on a CUDA device; otherwise recorded as unavailable with the
 reason). fp32 unless `--dtypes` says otherwise. Forward passes run under `torch.no_grad()`; forward+backward
 back-propagates a random output gradient. Achieved bandwidth = the op's memory floor (every input read once, every
 output written once; for fwd+bwd also the backward's inputs and gradients) / time, next to a measured device-to-device
-copy. Part of `bench/run_all.py`; also runs on its own.
+copy. Part of `bench.run_all`; also runs on its own.
 """
 from __future__ import annotations
 
@@ -17,12 +17,10 @@ import time
 
 import torch
 
-from benchlib import (Deadline, Guard, SectionLog, configure, copy_bandwidth, device, environment, free_memory, log, measure,  # noqa: F401
+from .benchlib import (Deadline, Guard, SectionLog, configure, copy_bandwidth, device, environment, free_memory, log, measure,  # noqa: F401
                       write_json, MB)
-import warm
 from cab_bench.ops import backend_report, kernel, random_scan_inputs, random_ssd_inputs, selective_scan, ssd_scan
 
-__all__ = ["environment", "settings", "run", "main"]   # `environment` stays importable from here (older scripts)
 
 # ENV.md's table: Vim-Tiny's selective scan and Mamba-2 SSD at 2K context
 ENV_SHAPES = dict(selective_scan=dict(b=128, d=384, l=197, N=16), ssd_scan=dict(b=8, l=2048, h=24, p=64, g=1, n=128))
@@ -106,6 +104,28 @@ def cuda_unavailable(op:str, dev)->str:
 
 
 # ------------------------------------------------------------------------------------------------------------ the section
+def warm_ops(smoke:bool):
+    "The SSD kernels at ENV.md's head dim / state size / chunk, fp32, forward and forward+backward (the ops section)."
+    dev, st = device(), settings(smoke)
+    for dtype in st["dtypes"]:
+        cases = [SSDCase(dict(st["env_shapes"]["ssd_scan"], b=2, l=min(512, st["env_shapes"]["ssd_scan"]["l"])), dtype, dev, st["chunk_size"]),
+                 SelectiveCase(dict(st["env_shapes"]["selective_scan"], b=2), dtype, dev)]
+        for case in cases:
+            path = "chunked" if cuda_unavailable(case.op, dev) else "cuda"
+            for pass_ in ("fwd", "fwd+bwd"): runner(case, path, pass_)()
+
+
+def warm_scan(smoke:bool):
+    "cab_bench's chunked selective scan at the ops section's shapes (ENV.md's and the length sweep's), fwd and fwd+bwd."
+    dev, st = device(), settings(smoke)
+    shapes = [st["env_shapes"]["selective_scan"]] + [dict(st["sweep_shapes"]["selective_scan"], l=l) for l in st["lengths"]]
+    for dtype in st["dtypes"]:
+        for shape in shapes:
+            case = SelectiveCase(shape, dtype, dev)
+            for pass_ in ("fwd", "fwd+bwd"): runner(case, "chunked", pass_)()
+            del case
+
+
 def run(out_path, env:dict, smoke:bool, cap_s:float, strict:bool=False, dtypes=("float32",))->dict:
     "Time every op x path x pass at ENV.md's shapes, then the chunked and kernel paths over sequence lengths."
     dev = device()
@@ -113,8 +133,8 @@ def run(out_path, env:dict, smoke:bool, cap_s:float, strict:bool=False, dtypes=(
     sec = SectionLog(out_path, "ops", env, st, smoke, cap_s)
     deadline, guard = Deadline(cap_s), Guard(strict)
     t0 = time.monotonic()
-    warm.warm_ops(smoke)                      # this process's autotuning of the kernels, before any point is timed
-    warm.warm_scan(smoke)                     # and the chunked scan's compiled shapes (cache hits after the pre-warm)
+    warm_ops(smoke)                      # this process's autotuning of the kernels, before any point is timed
+    warm_scan(smoke)                     # and the chunked scan's compiled shapes (cache hits after the pre-warm)
     sec.set(warmup_s=round(time.monotonic() - t0, 2))
     bw = copy_bandwidth(dev, st["copy_mb"] * MB)
     sec.set(copy_bandwidth=bw)

@@ -1,9 +1,10 @@
 """Time and peak memory of one optimizer step of each distillation method's stage, language and vision.
 
-One step is what `cab_bench.train.train` does per optimizer step, without the trainer's logging and checkpoints:
-the stage's trainable parameters (`stage_parameters`), its AdamW groups and schedule (`stage_optimizer`), the
-weighted loss of the trainer's own `_Losses` module under bf16 autocast (GPU), backward, gradient clipping at 1.0,
-`opt.step()`, `sched.step()`, `zero_grad(set_to_none=True)`.
+One step is the trainer's own `cab_bench.train.train_step`, without the trainer's logging and checkpoints: the
+stage's trainable parameters (`stage_parameters`), its AdamW groups and schedule (`stage_optimizer`), the weighted
+loss of `LossModel` under bf16 autocast (GPU), backward, the finiteness check, gradient clipping at 1.0, the
+optimizer and schedule steps, `zero_grad(set_to_none=True)` (`optimizer_update`). The committed results were
+measured before the step was shared with the trainer (the same operations, without the finiteness check).
 
 Language (`section='step'`): sequence lengths from 512 up (ENV-style reference length 2048 first), batch =
 tokens_per_step // L; a method's sweep stops at its first OOM. Vision (`section='vision'`): 224 px, images/s.
@@ -18,28 +19,13 @@ from pathlib import Path
 
 import torch
 
-from benchlib import Deadline, Guard, SectionLog, GB, device, autocast, estimate, free_memory, log, measure, sync
-from pairs import lm_batch, lm_pair, lm_student, lm_teacher, n_params, vision_batch, vision_pair, vision_student, vision_teacher
-import warm
+from .benchlib import Deadline, Guard, SectionLog, GB, device, autocast, estimate, free_memory, log, measure, sync
+from . import cases   # the warm-up's batches: `cases.lm_batch` (the sections' `lm_batch` can be replaced in tests)
+from .cases import (LM_METHODS, PROFILED, VISION_METHODS, VISION_PROFILED, lm_batch, lm_pair, lm_student, lm_teacher, n_params,
+                    vision_batch, vision_pair, vision_student, vision_teacher)
 from cab_bench.distill import build_method
-from cab_bench.train import TrainConfig, _Losses, frozen_ids, stage_optimizer, stage_parameters
-
-# (label, method, stage, options, what it computes); the order is the priority under the time cap
-LM_METHODS = [
-    ("soft_kd", "soft_kd", "kd", dict(ce=1.0), "KL + CE"),
-    ("cab", "cab", "distill", dict(two_stage=False), "one stage: CE + 0.5 KL + 0.5 align (bridge on B/C vs teacher K/Q)"),
-    ("mohawk_orient", "mohawk", "orient", {}, "MOHAWK stage 1: per-head Frobenius loss of materialised mixer matrices vs attention"),
-    ("cab_align", "cab", "align", {}, "CAB's language stage 1 (two-stage default): alignment only"),
-    ("hedgemamba_hedgehog", "hedgemamba", "hedgehog", {}, "HedgeMamba stage 1: Hedgehog feature maps, cosine loss per layer"),
-]
-VISION_METHODS = [
-    ("soft_kd", "soft_kd", "kd", {}, "KL"),
-    ("cab", "cab", "distill", {}, "KL + 3 align (vision default, one stage)"),
-    ("mohawk_orient", "mohawk", "orient", {}, "MOHAWK stage 1: Vim's per-channel matrices (b, E, l, l) per direction, averaged per head"),
-]
-PROFILED = ("soft_kd", "cab", "cab_align", "mohawk_orient")
-VISION_PROFILED = ("soft_kd", "cab")
-
+from cab_bench.train import (LossModel, TrainConfig, frozen_ids, optimizer_update, stage_optimizer, stage_parameters, train_mode,
+                             train_step)
 
 def settings(smoke:bool, section:str)->dict:
     if section == "step":
@@ -52,7 +38,7 @@ def settings(smoke:bool, section:str)->dict:
 
 # ------------------------------------------------------------------------------------------------------ one optimizer step
 class StageStep:
-    "One optimizer step of `stage` of a built method, as the trainer takes it."
+    "One optimizer step of `stage` of a built method: the trainer's own `train_step` (and its pieces, for the phase timings)."
     def __init__(self, method, stage_name:str, dev, lr:float=1e-4, clip:float=1.0):
         self.module = method.module.to(dev)
         self.stage = next((s for s in method.stages if s.name == stage_name), None)
@@ -63,26 +49,23 @@ class StageStep:
         self.opt, self.sched = stage_optimizer(named, TrainConfig(max_steps=10_000, lr=lr, warmup_frac=0.0), self.stage, 10_000)
         self.weights = self.stage.weights(0, 10_000)
         self.module.active_terms = {t for t, w in self.weights.items() if w}
-        self.module.train()                                    # the trainer's mode: all-frozen submodules in eval mode
-        for sub in self.module.modules():
-            ps = list(sub.parameters())
-            if ps and all(id(p) in frozen for p in ps): sub.eval()
-        self.losses, self.dev, self.clip = _Losses(self.module), dev, clip
+        train_mode(self.module, frozen)                           # the trainer's mode: all-frozen submodules in eval mode
+        self.losses, self.dev, self.clip = LossModel(self.module), dev, clip
         self.trainable = sum(p.numel() for p in self.params)
 
     def forward(self, batch):
+        "The step's forward alone (the weighted total), for the phase timings."
         with autocast(self.dev):
             total, _ = self.losses(batch, self.weights)
         return total
 
     def backward(self, total): total.backward()
 
-    def update(self):
-        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-        self.opt.step(); self.sched.step(); self.opt.zero_grad(set_to_none=True)
+    def update(self): optimizer_update(self.opt, self.sched, self.params, self.clip)
 
     def __call__(self, batch):
-        self.backward(self.forward(batch)); self.update()
+        train_step(self.losses, iter([batch]), self.weights, self.opt, self.sched, self.params, clip_grad=self.clip,
+                   autocast=lambda: autocast(self.dev))
 
     def release(self):
         self.opt.zero_grad(set_to_none=True)
@@ -187,6 +170,28 @@ def profile(step:StageStep, batch, path:Path, label:str, top:int=25)->dict:
                 top_memory=[row(e) for e in sorted(ka, key=lambda e: getattr(e, mkey), reverse=True)[:15]], ranges=ranges_)
 
 
+# ------------------------------------------------------------------------------------------------- warming the kernels
+def warm_lm(smoke:bool):
+    "The student's SSD kernels under bf16 autocast: a training step (forward + backward) and generation at batch 1, 2, 16."
+    dev, pair = device(), lm_pair(smoke, max_len=1024)
+    teacher = lm_teacher(pair, dev, n_layer=1)
+    l = 64 if smoke else 512
+    for name, stage, opts in (("soft_kd", "kd", dict(ce=1.0)), ("cab", "distill", dict(two_stage=False))):
+        step = StageStep(build_method(name, teacher, lm_student(pair, dev, n_layer=1), **opts), stage, dev)
+        for _ in range(2): step(cases.lm_batch(teacher.vocab_size, 2, l, dev))
+    student = lm_student(pair, dev, n_layer=1).eval()
+    for b in (1, 2, 16):
+        with autocast(dev): student.generate(torch.randint(3, teacher.vocab_size, (b, l // 2), device=dev), max_new_tokens=2)
+
+
+def warm_hedgehog(smoke:bool):
+    "HedgeMamba stage 1: the Hedgehog layers' SSD scan (head dim + 1 ones-channel, N = 2 d_h, chunk 64, fp32)."
+    dev, pair = device(), lm_pair(smoke, max_len=1024)
+    teacher = lm_teacher(pair, dev, n_layer=1)
+    step = StageStep(build_method("hedgemamba", teacher, None), "hedgehog", dev)
+    for _ in range(2): step(cases.lm_batch(teacher.vocab_size, 2, 64 if smoke else 512, dev))
+
+
 # ------------------------------------------------------------------------------------------------------------ sections
 def _build(name, teacher, student, opts):
     return build_method(name, teacher, student, **opts)
@@ -206,7 +211,7 @@ def run_lm(out_path, env:dict, smoke:bool, cap_s:float, strict:bool=False, do_pr
                      profile=do_profile), smoke, cap_s)
     deadline, guard = Deadline(cap_s), Guard(strict)
     t0 = time.monotonic()
-    warm.warm_lm(smoke); warm.warm_hedgehog(smoke)   # autotune the kernels here before the methods share the cap
+    warm_lm(smoke); warm_hedgehog(smoke)   # autotune the kernels here before the methods share the cap
     sec.set(warmup_s=round(time.monotonic() - t0, 2))
     teacher = teacher or lm_teacher(pair, dev)
     sec.set(params=dict(teacher=n_params(teacher)))

@@ -15,7 +15,6 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -24,7 +23,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))   # works without `pip install -e .`
 
 PACKAGES = ("torch", "triton", "timm", "transformers", "accelerate", "mamba-ssm", "causal-conv1d", "numpy", "cab_bench")
 MB, GB = 2**20, 2**30
@@ -56,7 +54,7 @@ def git_commit()->dict:
 def source_hash()->str:
     "sha256 (12 hex) of the library's and the suite's .py files: identifies the code even where git is missing."
     h = hashlib.sha256()
-    for f in sorted([*ROOT.glob("cab_bench/**/*.py"), *ROOT.glob("bench/*.py")]):
+    for f in sorted([*ROOT.glob("cab_bench/**/*.py"), *ROOT.glob("bench/**/*.py")]):
         h.update(str(f.relative_to(ROOT)).encode()); h.update(f.read_bytes())
     return h.hexdigest()[:12]
 

@@ -1,13 +1,13 @@
 """The benchmark suite in one command: ops, distillation steps (language, vision), generation, then SUMMARY.md.
 
-    python bench/run_all.py                          # GPU: full configuration, results in bench/results/
-    python bench/run_all.py --smoke                  # tiny CPU configuration (also chosen when torch sees no CUDA device)
-    python bench/run_all.py --only ops,gen --out /tmp/b
+    python -m bench.run_all                          # GPU: full configuration, results in bench/results/
+    python -m bench.run_all --smoke                  # tiny CPU configuration (also chosen when torch sees no CUDA device)
+    python -m bench.run_all --only ops,gen --out /tmp/b
 
 Each section has a wall-clock cap (its share of `--budget`) and writes `<out>/<section>.json` after every point, so a
 killed run keeps what it measured; `<out>/run.json` records the command, the pre-warm and each section's status, and
-`<out>/SUMMARY.md` is regenerated from the JSON files at the end (`python bench/summary.py <out>` does it alone).
-Works from a plain checkout: the repository root is put on `sys.path` (no `pip install -e .` needed).
+`<out>/SUMMARY.md` is regenerated from the JSON files at the end (`python -m bench.report summary <out>` does it alone).
+Run it from the repository root (or with cab_bench installed): `bench` is a package, nothing edits `sys.path`.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-import benchlib
-from benchlib import ROOT, environment, log, write_json
+from . import benchlib
+from .benchlib import ROOT, environment, log, write_json
 
 SECTIONS = ("ops", "step", "vision", "gen")
 # seconds per section on the GPU (sum 6.3 min; each includes the autotuning benchmarks of its first kernel calls)
@@ -70,22 +70,23 @@ def prewarm(sections, smoke:bool, cap_s:float)->dict:
         if fn is None: return dict(status=f"skipped: no Triton kernels to compile ({why})")
     groups = [fams] if smoke else [[f] for f in fams]
     t0, procs = time.monotonic(), []
-    logs = Path(tempfile.mkdtemp(prefix="cab_bench_warm_"))
-    for g in groups:
-        name = "+".join(g)
-        out = open(logs / f"{name}.log", "w")
-        cmd = [sys.executable, str(Path(__file__).with_name("warm.py")), ",".join(g)] + (["--smoke"] if smoke else [])
-        procs.append((name, subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT), out))
-    res = dict(families={})
-    for name, p, out in procs:
-        try: rc = p.wait(timeout=max(1.0, cap_s - (time.monotonic() - t0)))
-        except subprocess.TimeoutExpired:
-            p.kill(); p.wait(); rc = "killed at the pre-warm cap"
-        out.close()
-        text = (logs / f"{name}.log").read_text()
-        last = text.strip().splitlines()[-1] if text.strip() else ""
-        ok = rc == 0 and last.startswith("{")
-        res["families"][name] = json.loads(last) if ok else dict(rc=rc, tail=text[-1500:])
+    with tempfile.TemporaryDirectory(prefix="cab_bench_warm_") as tmp:   # the processes' logs: their tails go into run.json
+        logs = Path(tmp)
+        for g in groups:
+            name = "+".join(g)
+            out = open(logs / f"{name}.log", "w")
+            cmd = [sys.executable, "-m", "bench.warm", ",".join(g)] + (["--smoke"] if smoke else [])
+            procs.append((name, subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT), out))
+        res = dict(families={})
+        for name, p, out in procs:
+            try: rc = p.wait(timeout=max(1.0, cap_s - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                p.kill(); p.wait(); rc = "killed at the pre-warm cap"
+            out.close()
+            text = (logs / f"{name}.log").read_text()
+            last = text.strip().splitlines()[-1] if text.strip() else ""
+            ok = rc == 0 and last.startswith("{")
+            res["families"][name] = json.loads(last) if ok else dict(rc=rc, tail=text[-1500:])
     res["wall_s"] = round(time.monotonic() - t0, 1)
     res["status"] = "ok" if all(isinstance(v, dict) and "rc" not in v for v in res["families"].values()) else "failed (sections autotune themselves)"
     return res
@@ -121,7 +122,7 @@ def main(argv=None)->int:
     t0 = time.monotonic()
     env = environment()
     deadline = a.deadline if a.deadline else (None if smoke else DEADLINE_S)
-    run = dict(command=" ".join(["python", "bench/run_all.py", *(argv if argv is not None else sys.argv[1:])]), smoke=smoke,
+    run = dict(command=" ".join(["python", "-m", "bench.run_all", *(argv if argv is not None else sys.argv[1:])]), smoke=smoke,
                out=str(out), started=env["timestamp"], status="running", caps_s=caps, deadline_s=deadline, sections={},
                prewarm=None, wall_s=None, autotune_cache=os.environ.get("TRITON_CACHE_AUTOTUNING"),
                cache_files=dict(start=cache_files()))
@@ -143,16 +144,16 @@ def main(argv=None)->int:
         log(f"--- {s} (cap {caps[s]:.0f} s)")
         try:
             if s == "ops":
-                import bench_ops
+                from . import bench_ops
                 r = bench_ops.run(out / "ops.json", env, smoke, caps[s], strict)
             elif s == "step":
-                import bench_step
+                from . import bench_step
                 r = bench_step.run_lm(out / "step.json", env, smoke, caps[s], strict, do_profile=a.profile)
             elif s == "vision":
-                import bench_step
+                from . import bench_step
                 r = bench_step.run_vision(out / "vision.json", env, smoke, caps[s], strict)
             else:
-                import bench_gen
+                from . import bench_gen
                 r = bench_gen.run(out / "gen.json", env, smoke, caps[s], strict)
             errors = [x for x in r["skipped"] if x["why"].startswith("error")]
             failed |= bool(errors)
@@ -169,10 +170,10 @@ def main(argv=None)->int:
             benchlib.free_memory()
         run["cache_files"][s] = cache_files()
         write_json(run_path, dict(run, env=env))
-    import summary
+    from . import report
     run.update(status="failed" if failed else "complete", wall_s=round(time.monotonic() - t0, 1))
     write_json(run_path, dict(run, env=env))
-    p = summary.write(out)
+    p = report.write(out)
     log(f"done in {run['wall_s']:.0f} s: {p}")
     md = p.read_text()
     i = md.find("## Targets")

@@ -5,6 +5,7 @@
 # %% ../nbs/50_train.ipynb #da095adc
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -29,10 +30,11 @@ from .core import CabError, bad_value, check_choice, check_range
 from .data import index_keys
 
 # %% auto #0
-__all__ = ['Stage', 'check_stages', 'plan_steps', 'TrainConfig', 'frozen_ids', 'stage_parameters', 'no_weight_decay',
+__all__ = ['TASKS', 'Stage', 'check_stages', 'plan_steps', 'TrainConfig', 'frozen_ids', 'stage_parameters', 'no_weight_decay',
            'stage_optimizer', 'epoch_order', 'StepSampler', 'EvalSampler', 'rng_state', 'set_rng_state',
-           'model_tensors', 'latest_checkpoint', 'Checkpoint', 'load_checkpoint', 'load_weights', 'ToyDistill',
-           'toy_datasets', 'toy_stages', 'eval_metrics', 'NonFiniteLoss', 'TrainResult', 'train']
+           'model_tensors', 'latest_checkpoint', 'Checkpoint', 'load_checkpoint', 'load_weights', 'eval_metrics',
+           'logit_stats', 'evaluate', 'NonFiniteLoss', 'LossModel', 'optimizer_update', 'train_step', 'Supervised',
+           'TrainResult', 'train_mode', 'train']
 
 # %% ../nbs/50_train.ipynb #0821f0e9
 _RESERVED = {"loss", "lr", "grad_norm", "step", "stage", "stage_step", "epoch", "time", "kind", "weights"}
@@ -360,67 +362,6 @@ def _tidy(out:Path):
     for s, d in _ckpt_dirs(out):
         if lat is None or s > int(lat.name[5:]): shutil.rmtree(d, ignore_errors=True)
 
-# %% ../nbs/50_train.ipynb #2c8b6e0e
-class ToyDistill(nn.Module):
-    "Toy distill module: frozen linear teacher, MLP student (tagged `A_log`, tied `aux`), a bridge used only by 'align'."
-    def __init__(self, d_in:int=8, d_hidden:int=16, n_classes:int=4, seed:int=0, dropout:float=0.1,
-                 nan_at:int|None=None, nan_term:str="kd", grad_accum:int=1, delay:float=0.0):
-        super().__init__()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.teacher = nn.Linear(d_in, n_classes).requires_grad_(False)
-            with torch.no_grad(): self.teacher.weight.mul_(4.0)                    # confident teacher: clear labels
-            self.embed, self.mix = nn.Linear(d_in, d_hidden), nn.Linear(d_hidden, d_hidden)
-            self.A_log = nn.Parameter(torch.zeros(2, d_hidden)); self.A_log._no_weight_decay = True
-            self.head, self.aux = nn.Linear(d_hidden, n_classes), nn.Linear(d_hidden, n_classes, bias=False)
-            self.aux.weight = self.head.weight                                   # tied
-            self.bridge, self.drop = nn.Linear(d_hidden, d_in), nn.Dropout(dropout)
-        self.active_terms, self.nan_at, self.nan_term, self.grad_accum, self.delay = {"kd"}, nan_at, nan_term, grad_accum, delay
-        self.calls, self.seen = 0, []    # training calls; the distinct requires_grad sets seen by `losses`
-
-    def frozen_names(self): return {"teacher.weight", "teacher.bias"}
-
-    def forward(self, x):
-        h = F.gelu(self.embed(x)) * self.A_log.exp().mean(0)                     # (B, H)
-        h = self.drop(h + F.gelu(self.mix(h)))
-        return self.head(h) + 0.1 * self.aux(torch.tanh(h)), h                   # (B, C), (B, H)
-
-    def losses(self, batch):
-        x, y = batch
-        if self.delay: time.sleep(self.delay)
-        rg = frozenset(n for n, p in self.named_parameters() if p.requires_grad)
-        if not self.seen or self.seen[-1] != rg: self.seen.append(rg)
-        with torch.no_grad(): t = self.teacher(x)
-        s, h = self(x)
-        out = {}
-        if "kd" in self.active_terms: out["kd"] = F.mse_loss(s, t)
-        if "ce" in self.active_terms: out["ce"] = F.cross_entropy(s, y)
-        if "align" in self.active_terms: out["align"] = F.mse_loss(self.bridge(h), x)
-        self.calls += 1
-        if self.nan_at is not None and (self.calls - 1) // self.grad_accum + 1 == self.nan_at:
-            out[self.nan_term] = out[self.nan_term] * float("nan")
-        return out
-
-    @torch.no_grad()
-    def evaluate(self, batch):
-        x, y = batch
-        s, _ = self(x)
-        return {"correct": (s.argmax(-1) == y).sum(), "count": torch.tensor(len(y)), "nll": F.cross_entropy(s, y, reduction="sum")}
-
-def toy_datasets(n_train:int=128, n_val:int=48, d_in:int=8, n_classes:int=4, seed:int=0)->tuple[TensorDataset, TensorDataset]:
-    "Random points labelled by `ToyDistill(seed=seed)`'s teacher: (train, val)."
-    teacher = ToyDistill(d_in, n_classes=n_classes, seed=seed).teacher
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(n_train + n_val, d_in, generator=g)
-    with torch.no_grad(): y = teacher(x).argmax(-1)
-    return TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:])
-
-def toy_stages(share:float=0.4)->list[Stage]:
-    "Two stages: 'align' (embedding, A_log, bridge; align until half of it, + kd), then 'kd' (all but the bridge; kd + ce)."
-    return [Stage("align", lambda n, p: n.startswith(("embed.", "bridge.", "A_log")), {"align": 1.0, "kd": 0.5},
-                  share=share, until={"align": 0.5}),
-            Stage("kd", lambda n, p: not n.startswith("bridge."), {"kd": 1.0, "ce": 0.5}, share=1 - share, lr_scale=0.5)]
-
 # %% ../nbs/50_train.ipynb #0c287a08
 def eval_metrics(sums:dict)->dict:
     "Metrics of summed statistics: top1 = correct/count; loss = nll/tokens (else nll/count) and ppl = exp(loss); sums kept."
@@ -432,7 +373,64 @@ def eval_metrics(sums:dict)->dict:
         if "tokens" in out: out["ppl"] = math.exp(out["loss"]) if out["loss"] < 700 else math.inf
     return out
 
-# %% ../nbs/50_train.ipynb #7d13fec4
+TASKS = ("vision", "language")
+
+def logit_stats(
+    logits:torch.Tensor,   # (b, classes) or (b, l, vocab)
+    y:torch.Tensor,        # labels (b,) or next-token targets (b, l), -100 ignored
+    task:str,              # 'vision' or 'language'
+)->dict:                   # summable statistics of the batch
+    "The one counting rule: vision {'correct', 'count'}; language {'nll' summed, 'tokens' = targets that are not -100}."
+    if task == "vision": return {"correct": (logits.argmax(-1) == y).sum(), "count": torch.tensor(y.numel())}
+    return {"nll": F.cross_entropy(logits.float().flatten(0, -2), y.flatten(), reduction="sum"), "tokens": (y != -100).sum()}
+
+def _logits(out): return getattr(out, "logits", out)   # a Teacher/Student/transformers output, or a plain tensor
+
+def evaluate(
+    model,                       # a module with `evaluate(batch)` -> summable statistics, or a callable inputs -> logits
+    ds,                          # validation dataset of (input, target) items
+    batch_size:int=64,           # global batch: samples [q*batch_size, (q+1)*batch_size) are batch q (split over processes)
+    task:str|None=None,          # 'vision' / 'language': score `model(x)`'s logits with `logit_stats` (needed for a callable)
+    device="cpu",                # where batches go (without `acc`)
+    precision:str="fp32",        # without `acc`: 'bf16' autocasts the forward, 'fp32' runs without autocast
+    max_batches:int|None=None,   # evaluate the first this many global batches; None: all
+    collate_fn=None, num_workers:int=0,
+    seed:int=0,                  # seeds the loader's own generator (so the global random state is left alone)
+    acc=None,                    # an `Accelerator`: this process's share of each batch, summed over all processes
+)->dict:                         # `eval_metrics` of the sums: top1 (vision), loss and ppl (language), and the sums
+    "Metrics of `model` over `ds`, one rule for the trainer, the teacher and pretraining; modes are restored after."
+    from accelerate.utils import gather_object, send_to_device
+    if task is not None: check_choice("task", task, TASKS)
+    if task is None and not hasattr(model, "evaluate"):
+        raise bad_value("task", None, f"one of {list(TASKS)} when `model` ({type(model).__name__}) has no `evaluate(batch)`")
+    stats = model.evaluate if task is None else (lambda b: logit_stats(_logits(model(b[0])).float(), b[1], task))
+    N, rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
+    dev = acc.device if acc is not None else torch.device(device)
+    dl = DataLoader(ds, batch_sampler=EvalSampler(len(ds), batch_size, N, rank, max_batches), collate_fn=collate_fn,
+                    num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
+    if acc is not None: ac = acc.autocast()
+    else:
+        check_choice("precision", precision, ["fp32", "bf16"])
+        ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    if isinstance(model, nn.Module): model.eval()
+    sums, n = {}, 0
+    try:
+        with torch.no_grad(), ac:
+            for batch in dl:
+                n += 1
+                for k, v in stats(send_to_device(batch, dev)).items():
+                    sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=dev).double().sum()
+    finally:
+        for m, mode in modes: m.training = mode
+    if acc is None and n == 0: raise bad_value("ds", f"{len(ds)} items", "a non-empty validation set")
+    keys = sorted(set().union(*gather_object([sorted(sums)]))) if N > 1 else sorted(sums)
+    if not keys: return {}
+    tot = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=dev) for k in keys])
+    if acc is not None: tot = acc.reduce(tot, "sum")
+    return eval_metrics(dict(zip(keys, tot.tolist())))
+
+# %% ../nbs/50_train.ipynb #b7c1e002
 class NonFiniteLoss(CabError):
     "A loss term, the total or the gradient norm was NaN or infinite: the run stopped before the optimizer step."
     def __init__(self, step:int, stage:str, terms:list, checkpoint):
@@ -440,6 +438,85 @@ class NonFiniteLoss(CabError):
         super().__init__(f"non-finite value at step {step} (stage {stage!r}) in {', '.join(repr(t) for t in terms)}: the run "
                          f"stopped before the optimizer step. Last good checkpoint: {checkpoint or 'none'}; `latest` names it.")
 
+class LossModel(nn.Module):
+    "The module a step runs (and DDP wraps): forward = weighted total of `module.losses(batch)`, plus the detached terms."
+    def __init__(self, module): super().__init__(); self.module = module
+    def forward(self, batch, weights:dict):
+        terms = self.module.losses(batch)
+        if not isinstance(terms, dict): raise CabError(f"module.losses(batch) returned {type(terms).__name__}, not a dict term -> scalar tensor.")
+        bad = [t for t, w in weights.items() if w and (t not in terms or terms[t].numel() != 1)] + sorted(set(terms) & _RESERVED)
+        if bad: raise CabError(f"module.losses(batch) returned {sorted(terms)}; it must return the active terms {sorted(t for t, w in weights.items() if w)} "
+                               f"as scalar tensors, and no term named {sorted(_RESERVED)} (problem: {bad}).")
+        total = sum(w * terms[t].float().reshape(()) for t, w in weights.items() if w)
+        return total, {t: v.detach().float().reshape(()) for t, v in terms.items()}
+
+_Losses = LossModel   # the earlier private name
+
+def optimizer_update(
+    opt, sched,                  # the stage's optimizer (prepared under `acc`) and schedule
+    params:list,                 # the parameters whose gradient norm is clipped
+    clip_grad:float|None=None,   # max global gradient norm; None: no clipping (the norm is still computed)
+    acc=None,                    # the `Accelerator` (reduces the finiteness flags over processes); None: one process
+    flags:dict|None=None,        # term -> bool tensor: non-finite in some micro-step
+    step:int=1, stage:str="train", checkpoint=None,   # for the `NonFiniteLoss` message
+)->torch.Tensor:                 # the gradient norm before clipping
+    "Check that every term and the gradient norm are finite (else `NonFiniteLoss`, weights untouched), clip, step, zero."
+    keys = sorted(flags or {})
+    bad = torch.stack([flags[t] for t in keys]).float() if keys else torch.zeros(0)
+    if acc is not None and keys: bad = acc.reduce(bad, "sum")
+    clip = clip_grad if clip_grad is not None else math.inf
+    gn = acc.clip_grad_norm_(params, clip) if acc is not None else torch.nn.utils.clip_grad_norm_(params, clip)
+    badn = [t for t, x in zip(keys, bad.tolist()) if x] + ([] if torch.isfinite(gn) else ["grad_norm"])
+    if badn: raise NonFiniteLoss(step, stage, badn, checkpoint)
+    opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+    return gn
+
+def train_step(
+    model:nn.Module,             # a `LossModel` (as `accelerator.prepare_model` returned it, under `acc`)
+    batches,                     # iterator over this step's micro-batches, already on the device
+    weights:dict,                # term -> weight at this step (`Stage.weights`); the caller sets `module.active_terms` to match
+    opt, sched,                  # the stage's optimizer and schedule
+    params:list,                 # the trainable parameters (gradient clipping)
+    grad_accum:int=1,            # micro-batches taken from `batches`
+    clip_grad:float|None=None,   # max global gradient norm; None: no clipping
+    acc=None,                    # the `Accelerator`; None: one process, plain backward of total / grad_accum
+    autocast:Callable|None=None, # without `acc`: a factory of the context the forward runs in (bf16 autocast); None: none
+    on_terms:Callable|None=None, # called per micro-step with the detached terms and 'loss' (the trainer's log window)
+    step:int=1, stage:str="train", checkpoint=None,   # for the error messages
+)->torch.Tensor:                 # the gradient norm before clipping
+    "One optimizer step, as `train` takes it: micro-steps of forward and backward, the finiteness check, clip, update."
+    import contextlib
+    flags, active = {}, sorted(t for t, w in weights.items() if w)
+    for j in range(grad_accum):
+        batch = next(batches)
+        with acc.accumulate(model) if acc is not None else contextlib.nullcontext():
+            with autocast() if acc is None and autocast is not None else contextlib.nullcontext():
+                total, terms = model(batch, weights)
+            terms = {**terms, "loss": total.detach()}
+            for t, v in terms.items(): flags[t] = flags.get(t, False) | ~torch.isfinite(v)
+            if on_terms is not None: on_terms(terms)
+            if not total.requires_grad:
+                raise CabError(f"Stage({stage!r}): no active term {active} depends on a trainable parameter.")
+            if acc is not None: acc.backward(total)
+            else: (total / grad_accum if grad_accum > 1 else total).backward()
+            if j == grad_accum - 1:
+                if acc is not None: assert acc.sync_gradients, "gradient accumulation out of step with the micro-steps"
+                return optimizer_update(opt, sched, params, clip_grad, acc, flags, step, stage, checkpoint)
+
+class Supervised(nn.Module):
+    "A plain logits model as a distill-style module: `losses` = {'ce'} on its targets, `evaluate` = `logit_stats` (pretraining)."
+    def __init__(self, model:nn.Module, task:str, label_smoothing:float=0.0):
+        super().__init__()
+        check_choice("task", task, TASKS); check_range("label_smoothing", label_smoothing, 0, 1, hi_open=True)
+        self.model, self.task, self.label_smoothing, self.active_terms = model, task, float(label_smoothing), {"ce"}
+    def losses(self, batch)->dict:
+        x, y = batch
+        logits = _logits(self.model(x))
+        return {"ce": F.cross_entropy(logits.flatten(0, -2), y.flatten(), label_smoothing=self.label_smoothing)}
+    @torch.no_grad()
+    def evaluate(self, batch)->dict: return logit_stats(_logits(self.model(batch[0])), batch[1], self.task)
+
+# %% ../nbs/50_train.ipynb #7d13fec4
 @dataclass
 class TrainResult:
     "What `train` returns: final losses and evaluations per stage, the final evaluation, and where it ran."
@@ -456,18 +533,6 @@ class TrainResult:
     checkpoint: str        # the final checkpoint directory
     resumed_from: int|None = None   # the step this call resumed at
     def to_dict(self)->dict: return asdict(self)
-
-class _Losses(nn.Module):
-    "The module DDP wraps: forward = weighted total of `module.losses(batch)`, plus the detached terms."
-    def __init__(self, module): super().__init__(); self.module = module
-    def forward(self, batch, weights:dict):
-        terms = self.module.losses(batch)
-        if not isinstance(terms, dict): raise CabError(f"module.losses(batch) returned {type(terms).__name__}, not a dict term -> scalar tensor.")
-        bad = [t for t, w in weights.items() if w and (t not in terms or terms[t].numel() != 1)] + sorted(set(terms) & _RESERVED)
-        if bad: raise CabError(f"module.losses(batch) returned {sorted(terms)}; it must return the active terms {sorted(t for t, w in weights.items() if w)} "
-                               f"as scalar tensors, and no term named {sorted(_RESERVED)} (problem: {bad}).")
-        total = sum(w * terms[t].float().reshape(()) for t, w in weights.items() if w)
-        return total, {t: v.detach().float().reshape(()) for t, v in terms.items()}
 
 def _accelerator(cfg:TrainConfig):
     "An `Accelerator` for the config; in a single process, a state left by an earlier run with other settings is reset."
@@ -490,29 +555,14 @@ def _accelerator(cfg:TrainConfig):
     AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(**kw)
 
-def _train_mode(module:nn.Module, frozen:set[int]):
+def train_mode(module:nn.Module, frozen:set[int]):
     "Training mode, except for submodules whose parameters are all frozen (the teacher), which stay in eval mode."
     module.train()
     for sub in module.modules():
         ps = list(sub.parameters())
         if ps and all(id(p) in frozen for p in ps): sub.eval()
 
-def _evaluate(module, ds, acc, cfg, collate_fn, frozen)->dict:
-    "Summed `module.evaluate` statistics over (the first `eval_batches` batches of) `ds` and all processes -> metrics."
-    from accelerate.utils import gather_object, send_to_device
-    E = cfg.batch_size // cfg.grad_accum
-    dl = DataLoader(ds, batch_sampler=EvalSampler(len(ds), E, acc.num_processes, acc.process_index, cfg.eval_batches),
-                    collate_fn=collate_fn, num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
-    module.eval(); sums = {}
-    with torch.no_grad(), acc.autocast():
-        for batch in dl:
-            for k, v in module.evaluate(send_to_device(batch, acc.device)).items():
-                sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=acc.device).double().sum()
-    _train_mode(module, frozen)
-    keys = sorted(set().union(*gather_object([sorted(sums)]))) if acc.num_processes > 1 else sorted(sums)
-    if not keys: return {}
-    tot = acc.reduce(torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=acc.device) for k in keys]), "sum")
-    return eval_metrics(dict(zip(keys, tot.tolist())))
+_train_mode = train_mode   # the earlier private name
 
 def _step_of(line:str)->float:
     "The step of a metrics.jsonl line; infinite for a line a crash cut short (so that it is dropped)."
@@ -596,6 +646,11 @@ def train(
         for k, v in rec.items():
             if isinstance(v, (int, float)) and k not in ("step", "stage_step", "epoch"): writer.add_scalar(f"{prefix}/{k}", v, rec["step"])
 
+    def add_window(terms:dict):
+        for t, v in terms.items():
+            if t not in win: win[t] = [torch.zeros((), dtype=torch.float64, device=dev), 0]
+            win[t][0] += v.detach().double(); win[t][1] += 1
+
     def reduce_window():
         keys = sorted(win)
         if keys:
@@ -616,8 +671,8 @@ def train(
                 if [g_["names"] for g_ in ck.optimizer["param_groups"]] != [g_["names"] for g_ in opt.param_groups]:
                     raise CabError(f"{ck.path}: its optimizer holds other parameters than Stage({st.name!r}).trainable selects now.")
                 opt.load_state_dict(ck.optimizer); sched.load_state_dict(ck.scheduler)
-            model, popt = acc.prepare_model(_Losses(module)), acc.prepare_optimizer(opt)
-            _train_mode(module, frozen)
+            model, popt = acc.prepare_model(LossModel(module)), acc.prepare_optimizer(opt)
+            train_mode(module, frozen)
             if pending_rng is not None: set_rng_state(pending_rng); pending_rng = None
             bar.set_description(st.name)
             for k in range(k_start, n):
@@ -630,26 +685,9 @@ def train(
                                          collate_fn=collate_fn, num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
                                          generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + e)))
                     it_epoch = e
-                lr, flags = sched.get_last_lr()[0], {}
-                for j in range(A):
-                    batch = send_to_device(next(it), dev, non_blocking=True)
-                    with acc.accumulate(model):
-                        total, terms = model(batch, w)
-                        for t, v in [*terms.items(), ("loss", total.detach())]:
-                            flags[t] = flags.get(t, False) | ~torch.isfinite(v)
-                            if t not in win: win[t] = [torch.zeros((), dtype=torch.float64, device=dev), 0]
-                            win[t][0] += v.detach().double(); win[t][1] += 1
-                        if not total.requires_grad:
-                            raise CabError(f"Stage({st.name!r}): no active term {sorted(module.active_terms)} depends on a trainable parameter.")
-                        acc.backward(total)
-                        if j == A - 1:
-                            assert acc.sync_gradients, "gradient accumulation out of step with the micro-steps"
-                            keys = sorted(flags)
-                            bad = acc.reduce(torch.stack([flags[t] for t in keys]).float(), "sum")
-                            gn = acc.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad is not None else math.inf)
-                            badn = [t for t, x in zip(keys, bad.tolist()) if x] + ([] if torch.isfinite(gn) else ["grad_norm"])
-                            if badn: raise NonFiniteLoss(g + 1, st.name, badn, last)
-                            popt.step(); sched.step(); popt.zero_grad(set_to_none=True)
+                lr = sched.get_last_lr()[0]
+                gn = train_step(model, (send_to_device(next(it), dev, non_blocking=True) for _ in range(A)), w, popt, sched,
+                                params, A, cfg.clip_grad, acc=acc, on_terms=add_window, step=g + 1, stage=st.name, checkpoint=last)
                 g += 1; bar.update(1)
                 win.setdefault("grad_norm", [torch.zeros((), dtype=torch.float64, device=dev), 0])
                 win["grad_norm"][0] += gn.detach().double(); win["grad_norm"][1] += 1
@@ -664,7 +702,8 @@ def train(
                     hist["stage_losses"][st.name] = means
                     bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
                 if val_ds is not None and (end or (cfg.eval_every and g % cfg.eval_every == 0)):
-                    mets = _evaluate(module, val_ds, acc, cfg, collate_fn, frozen)
+                    mets = evaluate(module, val_ds, B // A, max_batches=cfg.eval_batches, collate_fn=collate_fn,
+                                    num_workers=cfg.num_workers, seed=cfg.seed, acc=acc)
                     hist["evals"].append(dict(step=g, stage=st.name, **mets)); emit(dict(kind="eval", step=g, stage=st.name, **mets), "eval")
                     if end: hist["stage_evals"][st.name] = mets
                 if end or (cfg.ckpt_every and g % cfg.ckpt_every == 0):

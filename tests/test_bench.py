@@ -1,6 +1,6 @@
 """The benchmark suite's smoke configuration: one command runs every section on the CPU and writes complete results.
 
-The GPU configuration is the same code with larger shapes (`python bench/run_all.py` on a CUDA machine).
+The GPU configuration is the same code with larger shapes (`python -m bench.run_all` on a CUDA machine).
 """
 import importlib
 import json
@@ -17,25 +17,24 @@ LM_LABELS = ("soft_kd", "cab", "mohawk_orient", "cab_align", "hedgemamba_hedgeho
 VISION_LABELS = ("soft_kd", "cab", "mohawk_orient")
 
 
-def run_script(name:str, *args)->str:
-    "Run `bench/<name>` in a fresh interpreter; it must succeed. Returns its standard output."
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / name), *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run_script(module:str, *args)->str:
+    "Run `python -m <module>` from the repository root in a fresh interpreter; it must succeed. Returns its standard output."
+    r = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return r.stdout
 
 
 def bench_module(name:str):
-    "Import a module of `bench/` (not a package) for its functions."
-    sys.path.insert(0, str(ROOT / "bench"))
-    try: return importlib.import_module(name)
-    finally: sys.path.pop(0)
+    "A module of the `bench` package, imported from the repository root."
+    if str(ROOT) not in sys.path: sys.path.append(str(ROOT))
+    return importlib.import_module(f"bench.{name}")
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     "Run the whole suite once (about 15-30 s on two cores) and hand its folder and output to the tests."
     out = tmp_path_factory.mktemp("bench")
-    stdout = run_script("run_all.py", "--smoke", "--out", out)
+    stdout = run_script("bench.run_all", "--smoke", "--out", out)
     return out, stdout, {s: json.loads((out / f"{s}.json").read_text()) for s in (*SECTIONS, "run")}
 
 
@@ -122,7 +121,7 @@ def test_summary_states_the_targets(smoke):
 
 
 def test_verdict_wording():
-    summary = bench_module("summary")
+    summary = bench_module("report")
     assert summary.verdict(1.1, 1.15, True) == "**met**"
     assert summary.verdict(1.3, 1.15, True) == "**missed** by 13%"
     assert summary.verdict(0.35, 0.1, True) == "**missed**: 3.50x the target"
@@ -153,7 +152,7 @@ def test_sweeps_stop_at_oom(tmp_path, monkeypatch):
 def test_summary_renders_gpu_shaped_results(smoke, tmp_path):
     "The summary's GPU-only branches (memory target, notes, kernel columns) on the smoke results with memory figures added."
     out, _, res = smoke
-    summary = bench_module("summary")
+    summary = bench_module("report")
     res = json.loads(json.dumps(res))
     gpu = dict(name="test GPU", capability="9.0", memory_gb=141.0, multiprocessors=132, count=1, driver="x")
     for s in SECTIONS:
@@ -173,9 +172,9 @@ def test_summary_renders_gpu_shaped_results(smoke, tmp_path):
 
 
 def test_compare_reruns(smoke, tmp_path):
-    "bench/compare.py: a run against itself is unchanged; a slowed point outside its noise range is reported as moved."
+    "bench.report's compare: a run against itself is unchanged; a slowed point outside its noise range is reported as moved."
     out, _, res = smoke
-    compare = bench_module("compare")
+    compare = bench_module("report")
     same = compare.compare(out, out)
     assert ", 0 moved" in same and "**moved**" not in same and "step time cab / soft_kd" in same
     slow = tmp_path / "slow"
@@ -191,9 +190,9 @@ def test_compare_reruns(smoke, tmp_path):
 
 
 def test_align_checkpoint_script(tmp_path):
-    "bench/align_checkpoint.py on the CPU: both settings of every CAB case, next to soft_kd, timed and written."
+    "bench.studies.align_checkpoint on the CPU: both settings of every CAB case, next to soft_kd, timed and written."
     out = tmp_path / "ac.json"
-    run_script("align_checkpoint.py", "--smoke", "--rounds", 2, "--out", out)
+    run_script("bench.studies.align_checkpoint", "--smoke", "--rounds", 2, "--out", out)
     res = json.loads(out.read_text())["results"]
     cab = [x for x in res if x["method"] == "cab"]
     assert {(x["label"], x["align_checkpoint"]) for x in cab} == {(l, s) for l in ("vision cab", "lm cab one stage", "lm cab align stage")
@@ -202,3 +201,38 @@ def test_align_checkpoint_script(tmp_path):
     for x in res:
         finite_positive(x, "ms")
         assert len(x["ms_rounds"]) == 2
+
+
+def test_package_layout():
+    "bench is a package with one report module and its studies in their own folder; no script edits sys.path."
+    bench = ROOT / "bench"
+    assert (bench / "__init__.py").exists() and (bench / "studies" / "__init__.py").exists()
+    assert not (bench / "results" / "history").exists()
+    for gone in ("summary.py", "compare.py", "pairs.py", "align_checkpoint.py", "cab_vision_gpu.py", "chunked_compile.py"):
+        assert not (bench / gone).exists(), gone
+    for f in [*bench.glob("*.py"), *bench.glob("studies/*.py")]:
+        assert "sys.path.insert" not in f.read_text(), f
+    report = bench_module("report")
+    assert callable(report.write) and callable(report.compare)
+
+
+def test_stage_step_is_the_trainers_step(tmp_path):
+    "StageStep's step is `train_step`: one call changes the weights as the trainer's step with the same settings does."
+    import torch
+    from cab_bench.distill import build_method
+    from cab_bench.testing import random_dataset, tiny_pair
+    from cab_bench.train import TrainConfig, train
+    bench_step = bench_module("bench_step")
+    def pair():
+        torch.manual_seed(0); t, s = tiny_pair("gpt2", seed=0); return t, s
+    t, s = pair(); m = build_method("soft_kd", t, s)
+    ds = random_dataset(t, 4)
+    step = bench_step.StageStep(m, "kd", torch.device("cpu"), lr=1e-2)
+    step(ds[:4])
+    t2, s2 = pair(); m2 = build_method("soft_kd", t2, s2)
+    train(m2.module, m2.stages, ds, None, TrainConfig(max_steps=1, batch_size=4, lr=1e-2, warmup_frac=0.0, clip_grad=1.0,
+          device="cpu", progress=False, out_dir=str(tmp_path / "train")))
+    for (n, a), b in zip(s.state_dict().items(), s2.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+    assert not torch.equal(s.layers[0].mixer.in_proj.weight, pair()[1].layers[0].mixer.in_proj.weight)
+

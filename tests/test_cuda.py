@@ -196,7 +196,7 @@ def test_generate_cuda_graph_matches_eager(name, amp):
 @pytest.mark.parametrize("ckpt", [False, True])
 def test_cab_align_stacked_bf16_matches_per_layer(ckpt):
     "CAB's stacked alignment (plain and checkpointed) under bf16 autocast vs the per-layer definition, at Vim-Tiny's shapes."
-    from cab_bench.distill.core import Bridge, cab_align_loss, cab_align_loss_ref
+    from cab_bench.distill.cab import Bridge, cab_align_loss, cab_align_loss_ref
     seed_everything(0)
     L, T, b, l, N, D = 24, 12, 32, 197, 16, 192
     br = Bridge(L, N, D, D, hidden=128, bidirectional=True).to(DEV)

@@ -2,7 +2,7 @@
 (`accelerate launch`, gloo on CPU) against 1 process. The fast in-process tests live in nbs/50_train.ipynb.
 
 This file is also the training script those processes run: `python tests/test_train.py '<json spec>'` trains the toy
-distill module of `cab_bench.train` with `spec['cfg']` (a TrainConfig dict) and `spec['module']` (ToyDistill options),
+distill module of `cab_bench.testing` with `spec['cfg']` (a TrainConfig dict) and `spec['module']` (ToyDistill options),
 and writes `result.json` (the TrainResult) into the out_dir from the main process.
 """
 import json
@@ -20,8 +20,8 @@ import torch
 
 from cab_bench.core import CabError
 from cab_bench.data import Augmented
-from cab_bench.train import (NonFiniteLoss, ToyDistill, TrainConfig, latest_checkpoint, load_checkpoint, load_weights,
-                             toy_datasets, toy_stages, train)
+from cab_bench.testing import ToyDistill, toy_datasets, toy_stages
+from cab_bench.train import NonFiniteLoss, TrainConfig, latest_checkpoint, load_checkpoint, load_weights, train
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent

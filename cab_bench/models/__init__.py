@@ -7,7 +7,8 @@ __all__ = []
 
 # %% ../../nbs/29_models.ipynb #abfb063d
 from .teachers import Teacher, TeacherOutput, load_teacher, make_tiny_teacher, parse_teacher_spec
-from .mamba import (Block, GatedRMSNorm, Mamba1Mixer, Mamba2Mixer, RMSNorm, EffectiveAttention,
+from .mamba import (Block, GatedRMSNorm, Mamba1Mixer, Mamba2Mixer, Mixer, RMSNorm, EffectiveAttention, ScanAux,
                                     effective_attention, selective_scan_matrix, no_weight_decay)
-from .students import MambaLM, StudentOutput, Vim, STUDENTS, create_student, register_student
+from .students import (MambaLM, StudentOutput, Student, Vim, STUDENTS, STUDENT_TASKS, create_student,
+                                       is_ssm_student, register_student, student_task)
 from .hf import from_hf, to_hf
