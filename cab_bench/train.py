@@ -105,13 +105,13 @@ class TrainConfig:
     log_every: int = 10             # log (metrics.jsonl, TensorBoard, progress bar) every this many steps
     ckpt_every: int|None = None     # checkpoint every this many steps (always at the end of each stage too)
     keep_ckpts: int = 2             # keep the newest this many checkpoints
-    seed: int = 0                   # seed of the data order and the random generators
-    device: str = "auto"            # 'auto', 'cpu' or 'cuda'
+    seed: int = 0                   # seed of the data order and the random generators (a run's subset and initialisation too)
+    device: str = "auto"            # 'auto', 'cpu', 'cuda' or 'cuda:N'
     precision: str = "auto"         # 'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'
     num_workers: int = 0            # DataLoader worker processes
     out_dir: str = "runs/train"     # checkpoints, metrics.jsonl and TensorBoard events
     resume: bool = True             # continue from `out_dir/latest` when there is one (False: refuse an out_dir holding one)
-    progress: bool = True           # tqdm progress bar (main process only)
+    progress: bool = True           # tqdm progress bar (main process only); a run also prints progress lines on the terminal
     on_step: Callable|None = field(default=None, compare=False, repr=False)  # called at each log step (main process): on_step(stage, step, total, loss, lr=, elapsed=); not saved
 
     def __post_init__(self):
