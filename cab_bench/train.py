@@ -92,7 +92,7 @@ def plan_steps(stages:list[Stage], total:int)->list[int]:
 class TrainConfig:
     "Settings of `train`; a bad value raises a `CabError` naming the field, the value and what is allowed."
     max_steps: int|None = None      # total optimizer steps over all stages (give this or `epochs`)
-    epochs: float|None = None       # total passes over the training set: steps = round(epochs * (len(train_ds) // batch_size))
+    epochs: float|None = None       # total passes over the training set (steps: epochs times batches per epoch, rounded)
     batch_size: int = 32            # global batch of one optimizer step (all processes and micro-steps together)
     grad_accum: int = 1             # micro-steps per optimizer step
     lr: float = 1e-3                # peak learning rate (a stage's is lr * lr_scale)
