@@ -28,6 +28,14 @@ def test_nbdev_export_reproduces_package(tmp_path):
     assert diffs(cmp) == [], f"cab_bench/ differs from a fresh nbdev_export: {diffs(cmp)}"
 
 
+def test_readme_test_command_is_ci():
+    "README's test command is the one `.ci/run` runs."
+    import re
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    readme = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
+    assert ci in readme, ci
+
+
 def test_bench_ops_smoke(tmp_path):
     "The ops benchmark runs its CPU smoke configuration and writes results with the environment."
     out = tmp_path / "ops.json"
