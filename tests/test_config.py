@@ -140,3 +140,32 @@ def test_task_language_alone_runs(tmp_path):
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["metric"] == "ppl" and m["steps"] == 10 and m["student"] > 1 and m["teacher"] > 1
     assert "steps/s" in p.stderr and "ETA" in p.stderr and "student mamba2_lm_bytes (cab) perplexity" in p.stderr
+
+
+def test_tampered_bundled_teacher_is_refused(tmp_path):
+    "A bundled teacher whose weights differ from its provenance.json is named, before anything is written."
+    import shutil
+    from cab_bench.models.teachers import data_dir
+    d = shutil.copytree(data_dir() / "teachers" / "vit_digits", tmp_path / "vit_digits")
+    with open(d / "model.safetensors", "r+b") as f:
+        f.seek(-4, 2); b = f.read(4); f.seek(-4, 2); f.write(bytes(x ^ 0xFF for x in b))
+    cfg = DistillConfig(teacher=f"timm:vit_tiny_patch16_224@{d / 'model.safetensors'}", max_steps=2, device="cpu",
+                        out_dir=str(tmp_path / "runs"))
+    refused(cfg, "teacher=", "model.safetensors has sha256", "provenance.json records", "damaged or was changed")
+
+
+def test_changed_content_is_not_reused(tiny, tmp_path):
+    "A finished run is not reused, nor an interrupted one resumed, when the teacher's weights or the corpus changed."
+    corpus = tmp_path / "corpus.txt"
+    text = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400))
+    corpus.write_text(text)
+    cfg = DistillConfig(task="language", teacher=tiny["language"], student="mamba2_lm_test", data=f"text:{corpus}",
+                        data_frac=0.2, method="soft_kd", seq_len=32, max_steps=2, batch_size=4, device="cpu",
+                        eval_teacher=False, progress=False, out_dir=str(tmp_path / "runs"))
+    first = run(cfg)
+    assert run(cfg)["student"] == first["student"]                     # same content: reused
+    corpus.write_text(text.replace("return", "yield "))                 # another text of the same size
+    assert corpus.stat().st_size == len(text)
+    with pytest.raises(CabError, match="other content \\(data"): run(cfg)
+    corpus.write_text(text)
+    assert run(cfg)["student"] == first["student"]                     # the original text again: reused
