@@ -1,8 +1,10 @@
 """Install cab_bench; every setting comes from settings.ini (nbdev 2's single source of truth)."""
+import shutil
 from configparser import ConfigParser
 from pathlib import Path
 
 import setuptools
+from setuptools.command.build_py import build_py
 
 cfg = ConfigParser(delimiters=["="])
 cfg.read(Path(__file__).parent / "settings.ini", encoding="utf-8")
@@ -16,6 +18,17 @@ lic = licenses[cfg["license"]]
 requirements = cfg.get("requirements", "").split()
 dev_requirements = cfg.get("dev_requirements", "").split()
 cuda_requirements = cfg.get("cuda_requirements", "").split()
+
+class BuildWithTeachers(build_py):
+    "Build the package with the bundled teachers (data/teachers) inside it, as cab_bench/data/teachers: any install has them."
+    def run(self):
+        super().run()
+        src = Path(__file__).parent / "data" / "teachers"
+        if src.is_dir():
+            dst = Path(self.build_lib) / cfg["lib_name"] / "data" / "teachers"
+            if dst.exists(): shutil.rmtree(dst)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.tmp"))
+
 
 setuptools.setup(
     name=cfg["lib_name"],
@@ -42,4 +55,5 @@ setuptools.setup(
     extras_require={"dev": dev_requirements, "cuda": cuda_requirements},
     python_requires=">=" + cfg["min_python"],
     zip_safe=False,
+    cmdclass={"build_py": BuildWithTeachers},
 )

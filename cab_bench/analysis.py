@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,31 +20,15 @@ from matplotlib.patches import Patch
 from .core import CabError, bad_value, check_choice, check_range
 from .models.mamba import Mamba1Mixer, Mamba2Mixer, effective_attention
 from .distill.core import layer_map, to_student_tokens
+from .runs import RUN_FILES, RunDir, find_runs, prepare, run_problem
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'METRICS', 'COLORS', 'METRIC_NAMES', 'run_problem', 'find_runs', 'Run', 'load_run', 'validation_inputs',
-           'student_mixers', 'mixer_inputs', 'AttentionMaps', 'attention_maps', 'cosine_similarity',
-           'row_distributions', 'js_divergence', 'layer_similarity', 'attention_similarity', 'attention_report',
-           'figure_png', 'plot_similarity', 'plot_attention', 'plot_query_rows', 'read_log', 'plot_training']
+__all__ = ['METRICS', 'COLORS', 'METRIC_NAMES', 'Run', 'load_run', 'validation_inputs', 'student_mixers', 'mixer_inputs',
+           'AttentionMaps', 'attention_maps', 'cosine_similarity', 'row_distributions', 'js_divergence',
+           'layer_similarity', 'attention_similarity', 'attention_report', 'figure_png', 'plot_similarity',
+           'plot_attention', 'plot_query_rows', 'read_log', 'plot_training']
 
 # %% ../nbs/60_analysis.ipynb #e9702d4e
-RUN_FILES = ("config.json", "metrics.json", "train/latest")
-
-def run_problem(run_dir)->str|None:
-    "Why `run_dir` is not a finished run directory (None when it is one)."
-    d = Path(run_dir)
-    if not d.is_dir(): return f"{str(d)!r} is not a directory"
-    missing = [f for f in RUN_FILES if not (d / f).exists()]
-    if "config.json" in missing: return f"{str(d)!r} holds no config.json: not a run directory written by cab_bench.experiment.run"
-    if "metrics.json" in missing: return f"{str(d)!r} has no metrics.json: the run has not finished (run(cfg) again resumes it)"
-    if missing: return f"{str(d)!r} has no checkpoint (train/latest is missing)"
-    return None
-
-def find_runs(runs_dir)->list:
-    "The finished run directories directly under `runs_dir`, sorted by name (none when it does not exist)."
-    d = Path(runs_dir)
-    return sorted(p for p in d.iterdir() if p.is_dir() and run_problem(p) is None) if d.is_dir() else []
-
 @dataclass
 class Run:
     "A finished run loaded back: settings, results, teacher, the trained student and the validation set."
@@ -68,16 +52,15 @@ def load_run(
     device:str="cpu",    # where the teacher and student are put
 )->Run:
     "Load a finished run: its config and metrics, the teacher, the trained student (latest checkpoint) and the validation set."
-    from cab_bench.experiment import DistillConfig, prepare
     from cab_bench.train import load_weights
     why = run_problem(run_dir)
     if why: raise bad_value("run_dir", str(run_dir), f"a finished run directory ({why})")
-    d = Path(run_dir)
-    try: cfg, metrics = DistillConfig.from_dict(json.loads((d / "config.json").read_text())), json.loads((d / "metrics.json").read_text())
-    except (ValueError, TypeError) as e: raise CabError(f"run_dir={str(d)!r}: config.json / metrics.json cannot be read back: {e}") from e
-    p = prepare(replace(cfg, device=device))
-    module = load_weights(p["method"].module, d / "train").to(p["device"]).train(False)
-    return Run(d, replace(cfg, device=device), metrics, module.teacher, module.student, module, p["bundle"].val)
+    rd = RunDir(run_dir)
+    cfg, metrics = rd.read_config(), rd.read_metrics()
+    cfg = cfg.replace(device=device)
+    p = prepare(cfg)
+    module = load_weights(p["method"].module, rd.train_dir).to(p["device"]).train(False)
+    return Run(rd.path, cfg, metrics, module.teacher, module.student, module, p["bundle"].val)
 
 def validation_inputs(
     ds,                  # a dataset of (input, target) items

@@ -67,6 +67,10 @@ def resolve_device(device:str|torch.device|None="auto")->torch.device:
     except (RuntimeError, TypeError) as e: raise bad_value("device", device, "'auto', 'cpu', 'cuda' or 'cuda:N'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise bad_value("device", device, "'cpu' or 'auto' on this machine (torch sees no CUDA device)")
+    n = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if dev.type == "cuda" and dev.index is not None and dev.index >= n:
+        raise bad_value("device", device, f"'auto', 'cpu', 'cuda' or one of {', '.join(f'cuda:{i}' for i in range(n))} "
+                        f"on this machine ({n} CUDA device{'s' if n != 1 else ''})")
     return dev
 
 # %% ../nbs/00_core.ipynb #0f851c40

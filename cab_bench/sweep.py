@@ -9,13 +9,13 @@ import json
 import math
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .core import CabError, bad_value, check_choice
-from .experiment import DistillConfig, run
+from .experiment import run
+from .runs import DistillConfig, RunDir
 
 # %% auto #0
 __all__ = ['grid', 'cell_state', 'run_sweep', 'summarise', 'teacher_metric', 'table_markdown', 'paired', 'paired_markdown',
@@ -49,8 +49,7 @@ def grid(
 # %% ../nbs/75_sweep.ipynb #08934efd
 def cell_state(cfg:DistillConfig)->str:
     "'finished', 'interrupted' or 'new', from what is on disk for this cell's run directory."
-    d = Path(cfg.out_dir) / cfg.run_name
-    return "finished" if (d / "metrics.json").exists() else "interrupted" if (d / "config.json").exists() else "new"
+    return RunDir.of(cfg).state()
 
 def run_sweep(
     configs:list[DistillConfig],

@@ -94,7 +94,7 @@ def plan_steps(stages:list[Stage], total:int)->list[int]:
 class TrainConfig:
     "Settings of `train`; a bad value raises a `CabError` naming the field, the value and what is allowed."
     max_steps: int|None = None      # total optimizer steps over all stages (give this or `epochs`)
-    epochs: float|None = None       # total passes over the training set: steps = round(epochs * (len(train_ds) // batch_size))
+    epochs: float|None = None       # total passes over the training set (steps: epochs times batches per epoch, rounded)
     batch_size: int = 32            # global batch of one optimizer step (all processes and micro-steps together)
     grad_accum: int = 1             # micro-steps per optimizer step
     lr: float = 1e-3                # peak learning rate (a stage's is lr * lr_scale)
@@ -107,13 +107,14 @@ class TrainConfig:
     log_every: int = 10             # log (metrics.jsonl, TensorBoard, progress bar) every this many steps
     ckpt_every: int|None = None     # checkpoint every this many steps (always at the end of each stage too)
     keep_ckpts: int = 2             # keep the newest this many checkpoints
-    seed: int = 0                   # seed of the data order and the random generators
-    device: str = "auto"            # 'auto', 'cpu' or 'cuda'
+    seed: int = 0                   # seed of the data order and the random generators (a run's subset and initialisation too)
+    device: str = "auto"            # 'auto', 'cpu', 'cuda' or 'cuda:N'
     precision: str = "auto"         # 'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'
     num_workers: int = 0            # DataLoader worker processes
     out_dir: str = "runs/train"     # checkpoints, metrics.jsonl and TensorBoard events
     resume: bool = True             # continue from `out_dir/latest` when there is one (False: refuse an out_dir holding one)
-    progress: bool = True           # tqdm progress bar (main process only)
+    progress: bool = True           # tqdm progress bar (main process only); a run also prints progress lines on the terminal
+    on_step: Callable|None = field(default=None, compare=False, repr=False)  # called at each log step (main process): on_step(stage, step, total, loss, lr=, elapsed=); not saved
 
     def __post_init__(self):
         if (self.max_steps is None) == (self.epochs is None):
@@ -130,7 +131,10 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)
         if self.clip_grad is not None: check_range("clip_grad", self.clip_grad, 0, lo_open=True)
         check_range("seed", self.seed, 0, kind=int); check_range("num_workers", self.num_workers, 0, kind=int)
-        check_choice("device", self.device, ["auto", "cpu", "cuda"]); check_choice("precision", self.precision, ["auto", "bf16", "fp32"])
+        if not (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)):
+            raise bad_value("device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        check_choice("precision", self.precision, ["auto", "bf16", "fp32"])
+        if self.on_step is not None and not callable(self.on_step): raise bad_value("on_step", self.on_step, "a callable or None")
         if not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir): raise bad_value("out_dir", self.out_dir, "a path")
         self.out_dir = str(self.out_dir)
         for f in ("resume", "progress"):
@@ -146,7 +150,9 @@ class TrainConfig:
                 raise bad_value(k, d[k], "no such TrainConfig field" + (f" (did you mean {close[0]!r}?)" if close else f"; fields: {known}"))
         return cls(**d)
 
-    def to_dict(self)->dict: return {**asdict(self), "betas": list(self.betas)}
+    def to_dict(self)->dict:
+        "The settings as JSON-ready values (without `on_step`, a callback rather than a setting)."
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "on_step"}, "betas": list(self.betas)}
 
     def total_steps(self, batches_per_epoch:int)->int:
         "Optimizer steps of the whole run."
@@ -701,6 +707,7 @@ def train(
                     emit(rec, "train"); win.clear()
                     hist["stage_losses"][st.name] = means
                     bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
+                    if main and cfg.on_step is not None: cfg.on_step(st.name, g, sum(plan), means["loss"], lr=lr, elapsed=elapsed0 + time.time() - t0)
                 if val_ds is not None and (end or (cfg.eval_every and g % cfg.eval_every == 0)):
                     mets = evaluate(module, val_ds, B // A, max_batches=cfg.eval_batches, collate_fn=collate_fn,
                                     num_workers=cfg.num_workers, seed=cfg.seed, acc=acc)

@@ -35,6 +35,9 @@ def test_run_distill_main_job(tmp_path):
     assert 0 <= m["student"] <= 1 and len(m["attention"]["layers"]) == 4
     assert {f.name for f in (run_dir / "figures").iterdir()} == {"training.png", "attention_similarity.png"}
     assert "student vim_digits (cab) top-1" in p.stderr and "teacher default:vision top-1" in p.stderr
+    # on the terminal: progress lines while training (stage, step, loss, steps/s, ETA), then the result as plain lines
+    assert "vision-cab-vim_digits-f0.01-s0: distill step 30/30 loss" in p.stderr and "steps/s, ETA" in p.stderr
+    assert "30 steps in" in p.stderr and "distill        30  align=" in p.stderr
     # the same settings again: the finished run is reused (no training), the result printed again
     again = papermill("nbs/run_distill.ipynb", tmp_path / "out2.ipynb", ("data_frac", 0.01), ("max_steps", 30),
                       ("out_dir", tmp_path / "runs"), ("analysis_samples", 0))
@@ -51,6 +54,8 @@ BAD = [  # parameter, value, words the error must contain
     ("student", "mamba_lm_test", ["student='mamba_lm_test'", "a vision student", "'vim_digits'"]),
     ("method", "hedgemamba", ["method='hedgemamba'"]),      # a language-only method: it cannot align this pair
     ("augment", "yes", ["augment='yes'", "True, False"]),
+    ("device", "cuda:7", ["device='cuda:7'"]),                # a device this machine lacks
+    ("data_fraction", 0.01, ["unknown parameter 'data_fraction'", "did you mean 'data_frac'"]),   # a misspelled name
 ]
 
 
@@ -71,3 +76,4 @@ def test_run_distill_bad_parameter(tmp_path, name, value, words):
     assert err["ename"] == "CabError", msg
     for w in words: assert w in msg, (w, msg)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())   # no half-written run directory
+    assert p.stderr.strip().splitlines()[-1] == msg.splitlines()[0]        # the terminal ends with the error, one line

@@ -52,11 +52,12 @@ def _bad_spec(spec, why:str|None=None)->CabError:
                      + (f" ({why})" if why else ""))
 
 def data_dir()->Path:
-    "The folder holding the bundled teachers: `$CAB_BENCH_DATA`, else `data/` beside the package."
+    "The folder holding the bundled teachers: `$CAB_BENCH_DATA`, else the installed package's `data/`, else `data/` beside the package (a checkout)."
     import os
     env = os.environ.get('CAB_BENCH_DATA')
     import cab_bench
-    return Path(env).expanduser() if env else Path(cab_bench.__file__).resolve().parent.parent / 'data'
+    pkg = Path(cab_bench.__file__).resolve().parent
+    return Path(env).expanduser() if env else pkg / 'data' if (pkg / 'data' / 'teachers').is_dir() else pkg.parent / 'data'
 
 def package_teacher_spec(
     name:str,  # a key of PACKAGE_TEACHERS, e.g. 'smollm2'

@@ -1,0 +1,171 @@
+"""One run configuration: the notebooks' parameters follow it, and bad inputs are named errors that write nothing."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cab_bench.core import CabError
+from cab_bench.experiment import DistillConfig, notebook_settings, parameters_source, run
+from cab_bench.models import make_tiny_teacher
+from cab_bench.runs import TASK_DEFAULTS, TrainConfig, default_settings, flat_names, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP_EXCLUDE = ("method", "data_frac", "seed", "run_name", "analysis_samples")
+# settings the main notebook used to drop (papermill warned and went on without them)
+ONCE_DROPPED = ["ckpt_every", "eval_every", "weight_decay", "warmup_frac", "clip_grad", "grad_accum", "num_workers",
+                "trust_remote_code", "teacher_opts", "eval_teacher"]
+
+
+def parameters_cell(nb):
+    cells = [c for c in json.loads((ROOT / "nbs" / nb).read_text())["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(cells) == 1
+    return "".join(cells[0]["source"])
+
+
+def test_run_distill_parameters_are_generated():
+    "The main notebook's parameters cell is exactly the one generated from the configuration: every setting, its default."
+    cell = parameters_cell("run_distill.ipynb")
+    assert cell == parameters_source(), "regenerate the cell with cab_bench.experiment.parameters_source()"
+    ns = {}
+    exec(cell, ns)
+    for k in ["task", *flat_names(), *ONCE_DROPPED]: assert k in ns, k
+    assert DistillConfig(**notebook_settings(ns)) == DistillConfig()          # the notebook and the API agree
+    assert {k: ns[k] for k in default_settings()} == default_settings()
+
+
+def test_sweep_parameters_follow_the_configuration():
+    "The sweep notebook's run settings are generated too (its own parameters come first)."
+    cell = parameters_cell("sweep.ipynb")
+    gen = parameters_source(exclude=SWEEP_EXCLUDE, overrides=dict(out_dir="runs/sweep"))
+    assert cell.endswith(gen)
+    ns = {}
+    exec(cell, ns)
+    base = notebook_settings(ns, exclude=SWEEP_EXCLUDE, own=("methods", "data_fracs", "seeds", "results_dir", "name", "baseline"))
+    assert DistillConfig(**base).training == DistillConfig(out_dir="runs/sweep").training
+
+
+def test_tree_holds_the_trainer_config():
+    "TrainConfig is a node of the tree, not a copy; flat names reach every leaf."
+    c = DistillConfig(lr=3e-3, ckpt_every=5, keep_ckpts=3, device="cpu")
+    assert isinstance(c.training, TrainConfig) and (c.training.lr, c.training.ckpt_every, c.training.keep_ckpts) == (3e-3, 5, 3)
+    assert c.training.out_dir == str(c.run_dir / "train")
+    assert set(c.to_dict()) == {"task", *flat_names()}
+
+
+def test_task_decides_the_defaults():
+    "`task` alone picks teacher, student and data; given ones win."
+    for task, d in TASK_DEFAULTS.items():
+        c = DistillConfig(task=task)
+        assert (c.teacher, c.student, c.data) == (d["teacher"], d["student"], d["data"])
+    assert DistillConfig(task="language", data="text:x.txt").data == "text:x.txt"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("teachers")
+    return dict(vision=make_tiny_teacher("vit", d / "vit", img_size=8, patch_size=2, in_chans=1),
+                language=make_tiny_teacher("gpt2", d / "gpt2"))      # GPT-2 with a 64-token position table
+
+
+def refused(cfg, *words):
+    "run(cfg) raises a CabError holding every word, and leaves out_dir empty."
+    with pytest.raises(CabError) as e: run(cfg)
+    for w in words: assert w in str(e.value), (w, str(e.value))
+    out = Path(cfg.output.out_dir)
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+    return str(e.value)
+
+
+def test_misspelled_setting_is_named(tmp_path):
+    with pytest.raises(CabError, match="unknown setting 'data_fraction' \\(did you mean 'data_frac'\\?\\)"):
+        DistillConfig(data_fraction=0.01, out_dir=str(tmp_path / "runs"))
+    with pytest.raises(CabError, match="did you mean 'ckpt_every'"): DistillConfig.from_dict(dict(ckpt_evry=5))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_misspelled_method_option_is_named(tiny, tmp_path):
+    cfg = DistillConfig(teacher=tiny["vision"], student="vim_test", method="cab", method_opts={"lambda_algn": 1.0},
+                        max_steps=2, batch_size=8, device="cpu", out_dir=str(tmp_path / "runs"))
+    refused(cfg, "lambda_algn", "'lambda_align'")
+
+
+def test_seq_len_above_teacher_context(tiny, tmp_path):
+    cfg = DistillConfig(task="language", teacher=tiny["language"], student="mamba2_lm_test", data="stdlib", data_frac=0.001,
+                        method="soft_kd", seq_len=65, max_steps=2, batch_size=4, device="cpu", out_dir=str(tmp_path / "runs"))
+    refused(cfg, "seq_len=65", "at most the teacher's context, 64 tokens")
+    assert prepare(cfg.replace(seq_len=64))["teacher"].kind == "language"     # at the limit: fine
+
+
+def test_missing_cuda_device(tiny, tmp_path):
+    n = torch.cuda.device_count()
+    cfg = DistillConfig(teacher=tiny["vision"], student="vim_test", device=f"cuda:{max(n, 1)}", max_steps=2, batch_size=8,
+                        out_dir=str(tmp_path / "runs"))
+    refused(cfg, f"device='cuda:{max(n, 1)}'")
+    with pytest.raises(CabError, match="device='tpu'"): DistillConfig(device="tpu")
+
+
+def papermill(tmp_path, *params):
+    args = [a for k, v in params for a in ("-p", k, str(v))]
+    env = {k: v for k, v in os.environ.items() if k not in ("IN_TEST", "PYTEST_CURRENT_TEST")}
+    return subprocess.run([sys.executable, "-m", "papermill", "nbs/run_distill.ipynb", str(tmp_path / "out.ipynb"), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
+
+
+def test_misspelled_notebook_parameter(tmp_path):
+    "`-p data_fraction 0.01`: a CabError naming `data_frac`, nothing written; the terminal ends with that one line."
+    p = papermill(tmp_path, ("data_fraction", 0.01), ("out_dir", tmp_path / "runs"))
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("CabError: unknown parameter 'data_fraction' (did you mean 'data_frac'?)"), p.stderr[-2000:]
+    assert "error: unknown parameter 'data_fraction'" in p.stderr                  # the line the kernel wrote
+    nb = json.loads((tmp_path / "out.ipynb").read_text())
+    errs = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert len(errs) == 1 and errs[0]["ename"] == "CabError" and "data_frac" in errs[0]["evalue"]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_task_language_alone_runs(tmp_path):
+    "`-p task language` alone runs the language default (a short budget here), with progress lines on the terminal."
+    p = papermill(tmp_path, ("task", "language"), ("max_steps", 10), ("data_frac", 0.01), ("log_every", 5),
+                  ("out_dir", tmp_path / "runs"), ("analysis_samples", 0))
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "language-cab-mamba2_lm_bytes-f0.01-s0"
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert (cfg["teacher"], cfg["student"], cfg["data"]) == ("default:language", "mamba2_lm_bytes", "stdlib")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["metric"] == "ppl" and m["steps"] == 10 and m["student"] > 1 and m["teacher"] > 1
+    assert "steps/s" in p.stderr and "ETA" in p.stderr and "student mamba2_lm_bytes (cab) perplexity" in p.stderr
+
+
+def test_tampered_bundled_teacher_is_refused(tmp_path):
+    "A bundled teacher whose weights differ from its provenance.json is named, before anything is written."
+    import shutil
+    from cab_bench.models.teachers import data_dir
+    d = shutil.copytree(data_dir() / "teachers" / "vit_digits", tmp_path / "vit_digits")
+    with open(d / "model.safetensors", "r+b") as f:
+        f.seek(-4, 2); b = f.read(4); f.seek(-4, 2); f.write(bytes(x ^ 0xFF for x in b))
+    cfg = DistillConfig(teacher=f"timm:vit_tiny_patch16_224@{d / 'model.safetensors'}", max_steps=2, device="cpu",
+                        out_dir=str(tmp_path / "runs"))
+    refused(cfg, "teacher=", "model.safetensors has sha256", "provenance.json records", "damaged or was changed")
+
+
+def test_changed_content_is_not_reused(tiny, tmp_path):
+    "A finished run is not reused, nor an interrupted one resumed, when the teacher's weights or the corpus changed."
+    corpus = tmp_path / "corpus.txt"
+    text = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400))
+    corpus.write_text(text)
+    cfg = DistillConfig(task="language", teacher=tiny["language"], student="mamba2_lm_test", data=f"text:{corpus}",
+                        data_frac=0.2, method="soft_kd", seq_len=32, max_steps=2, batch_size=4, device="cpu",
+                        eval_teacher=False, progress=False, out_dir=str(tmp_path / "runs"))
+    first = run(cfg)
+    assert run(cfg)["student"] == first["student"]                     # same content: reused
+    corpus.write_text(text.replace("return", "yield "))                 # another text of the same size
+    assert corpus.stat().st_size == len(text)
+    with pytest.raises(CabError, match="other content \\(data"): run(cfg)
+    corpus.write_text(text)
+    assert run(cfg)["student"] == first["student"]                     # the original text again: reused
