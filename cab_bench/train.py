@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from .core import CabError, bad_value, check_choice, check_range
 from .data import index_keys
+from .guard import (DivergenceMonitor, check_free_space, checkpoint_bytes, prune_checkpoints,
+                             recover_checkpoints, save_guard)
 
 # %% auto #0
 __all__ = ['TASKS', 'Stage', 'check_stages', 'plan_steps', 'TrainConfig', 'frozen_ids', 'stage_parameters', 'no_weight_decay',
@@ -335,38 +337,33 @@ def _save_checkpoint(acc, out:Path, step:int, module, frozen, opt, sched, state:
     "Write `ckpt-<step>` atomically from all processes (see above) and point `latest` at it."
     main, name = acc.is_main_process, f"ckpt-{step:06d}"
     tmp, final = out / f"{name}.tmp", out / name
+    check_free_space(out, checkpoint_bytes(module, opt, frozen), f"checkpoint {name}")   # every process: one decision
     if main:
         if tmp.exists(): shutil.rmtree(tmp)
         tmp.mkdir()
     acc.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng-{acc.process_index}.pt")
-    if main:
-        from safetensors.torch import save_file
-        tensors, aliases, left_out = model_tensors(module, frozen)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"aliases": json.dumps(aliases)})
-        torch.save(opt.state_dict(), tmp / "optimizer.pt"); torch.save(sched.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "frozen_keys": left_out}))
+    with save_guard(tmp, out):          # a full disk: the partial folder is removed, then a CabError naming out_dir
+        torch.save(rng_state(), tmp / f"rng-{acc.process_index}.pt")
+        if main:
+            from safetensors.torch import save_file
+            tensors, aliases, left_out = model_tensors(module, frozen)
+            save_file(tensors, str(tmp / "model.safetensors"), metadata={"aliases": json.dumps(aliases)})
+            torch.save(opt.state_dict(), tmp / "optimizer.pt"); torch.save(sched.state_dict(), tmp / "scheduler.pt")
+            (tmp / "state.json").write_text(json.dumps({**state, "frozen_keys": left_out}))
     acc.wait_for_everyone()
     if main:
-        files = {f.name: _sha256_fsync(f) for f in sorted(tmp.iterdir())}
-        with open(tmp / "meta.json", "w") as f: json.dump(dict(format="cab_bench.train/1", step=step, files=files), f, indent=1); f.flush(); os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        with save_guard(tmp, out):
+            files = {f.name: _sha256_fsync(f) for f in sorted(tmp.iterdir())}
+            with open(tmp / "meta.json", "w") as f: json.dump(dict(format="cab_bench.train/1", step=step, files=files), f, indent=1); f.flush(); os.fsync(f.fileno())
+            _fsync_dir(tmp)
         if _before_commit_hook is not None: _before_commit_hook(tmp, step)
         if final.exists(): shutil.rmtree(final)
         os.rename(tmp, final); _fsync_dir(out)
         _atomic_write(out / "latest", name + "\n")
-        for _, d in _ckpt_dirs(out)[:-keep]:
-            if d != final: shutil.rmtree(d, ignore_errors=True)
+        prune_checkpoints(out, keep)     # the newest `keep` (keep_ckpts); never the one `latest` names
     acc.wait_for_everyone()
     return final
 
-def _tidy(out:Path):
-    "Remove what a crash can leave: `*.tmp` directories and files, and checkpoints newer than `latest` (never pointed to)."
-    for d in out.glob("ckpt-*.tmp"): shutil.rmtree(d, ignore_errors=True)
-    (out / "latest.tmp").unlink(missing_ok=True)
-    lat = latest_checkpoint(out)
-    for s, d in _ckpt_dirs(out):
-        if lat is None or s > int(lat.name[5:]): shutil.rmtree(d, ignore_errors=True)
 
 # %% ../nbs/50_train.ipynb #0c287a08
 def eval_metrics(sums:dict)->dict:
@@ -613,7 +610,10 @@ def train(
     plan, names = plan_steps(stages, cfg.total_steps(bpe)), [s.name for s in stages]
     frozen = frozen_ids(module)
     out = Path(cfg.out_dir)
-    if main: out.mkdir(parents=True, exist_ok=True); _tidy(out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        recovery = recover_checkpoints(out)   # damaged newest -> the newest intact one; a lost `latest` rebuilt, never a wipe
+        if recovery.message(): warnings.warn(recovery.message())
     acc.wait_for_everyone()
     lat = latest_checkpoint(out)
     if lat is not None and not cfg.resume:
@@ -643,6 +643,7 @@ def train(
         mfile = open(mpath, "a")
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"), purge_step=g + 1)          # TensorBoard drops older events of later steps
+    diverge = DivergenceMonitor()                                  # warns once per stage when the loss explodes
     bar = tqdm(total=sum(plan), initial=g, disable=not (main and cfg.progress), dynamic_ncols=True)
     t0, last = time.time(), str(lat) if lat is not None else None
 
@@ -705,6 +706,7 @@ def train(
                     rec = dict(kind="train", step=g, stage=st.name, stage_step=k + 1, epoch=e, **means, lr=lr, grad_norm=gnm,
                                weights=w, time=elapsed0 + time.time() - t0)
                     emit(rec, "train"); win.clear()
+                    diverge.update(g, means["loss"], st.name)
                     hist["stage_losses"][st.name] = means
                     bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
                     if main and cfg.on_step is not None: cfg.on_step(st.name, g, sum(plan), means["loss"], lr=lr, elapsed=elapsed0 + time.time() - t0)

@@ -101,7 +101,8 @@ def test_lock_contenders_take_turns(tmp_path):
 # ------------------------------------------------------------------ checkpoint recovery under the real trainer
 
 def toy_run(out:Path):
-    from cab_bench.train import ToyDistill, TrainConfig, toy_datasets, toy_stages, train
+    from cab_bench.testing import ToyDistill, toy_datasets, toy_stages
+    from cab_bench.train import TrainConfig, train
     tr, va = toy_datasets()
     cfg = TrainConfig(max_steps=20, batch_size=16, lr=0.1, warmup_frac=0.1, log_every=5, ckpt_every=5, keep_ckpts=3,
                       device="cpu", progress=False, out_dir=str(out))

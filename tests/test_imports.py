@@ -6,8 +6,8 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "cab_bench"
 # layer of each part of the package (a module, or a subpackage with its modules); a part may import its own layer
 # and those below it, never one above
-LAYERS = {"core": 0, "ops": 1, "models": 2, "data": 3, "train": 3, "distill": 4, "runs": 5,
-          "analysis": 6, "experiment": 6, "sweep": 6, "pretrain": 7}
+LAYERS = {"core": 0, "guard": 1, "ops": 1, "models": 2, "data": 3, "train": 3, "distill": 4, "runs": 5,
+          "analysis": 6, "experiment": 6, "sweep": 6, "pretrain": 7, "testing": 8}
 SKIP = {"_modidx", "__init__"}
 
 

@@ -8,8 +8,7 @@ __all__ = []
 # %% ../../nbs/39_distill.ipynb #123b1d2b
 from .core import (DistillModule, LossTerm, LOSS_TERMS, METHODS, Method, MethodSpec, Params, STUDENT,
                                     StepContext, build_method, ce_loss, check_mamba, check_outputs, check_pair, check_tokens,
-                                    layer_map, method_names, method_options, register_loss, register_method, to_student_tokens,
-                                    random_dataset, tiny_cfg, tiny_pair)
+                                    layer_map, method_names, method_options, register_loss, register_method, to_student_tokens)
 from .init import (AttnWeights, Copy, InitReport, attention_weights, attn_reuse_init_, check_width,
                                     mamba_mixers, module_attention_weights, transfer_weights_)
 from .kd import attn_reuse, check_attn_reuse, check_kd, hard_kd, hard_kd_loss, soft_kd, soft_kd_loss, vanilla

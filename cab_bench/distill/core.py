@@ -25,9 +25,6 @@ __all__ = ['LOSS_TERMS', 'METHODS', 'STUDENT', 'layer_map', 'to_student_tokens',
            'StepContext', 'DistillModule', 'Method', 'MethodSpec', 'register_method', 'method_names', 'method_options',
            'check_outputs', 'check_tokens', 'check_mamba', 'check_pair', 'build_method', 'Params']
 
-# %% ../../nbs/30_distill.core.ipynb #6aabc6f0
-from ..testing import LANGUAGE_FAMILIES, VISION_FAMILIES, random_dataset, tiny_cfg, tiny_pair
-
 # %% ../../nbs/30_distill.core.ipynb #277c7fb1
 def layer_map(
     L:int,  # student layers, >= 1

@@ -43,8 +43,8 @@ AUTO_ORDER = ("cuda", "triton")
 def auto_refusal(op:str, device:torch.device)->str:
     "Why `auto` must not take op's Triton path on `device` although it runs ('' when it may)."
     if op != "ssd_scan": return ""
-    from cab_bench.ops.fla_ssd import fla_backward_unsafe
-    unsafe = fla_backward_unsafe(device)
+    # the module is looked up by name, as every Triton path is (`TRITON_PATHS`): no import at load time
+    unsafe = importlib.import_module(TRITON_PATHS["ssd_scan"][0]).fla_backward_unsafe(device)
     return (f"fla's own backward is unsafe here ({unsafe}) and the replacement backward is not yet verified at long "
             "sequences; ask for it with backend='triton'") if unsafe else ""
 
@@ -133,8 +133,7 @@ def backend_report(
         path, why = pick_backend(op, "auto", probe)
         report[op] = dict(path=path, reason=why)
     if report["ssd_scan"]["path"] == "triton":
-        from cab_bench.ops.fla_ssd import fla_backward_unsafe
-        unsafe = fla_backward_unsafe(dev)
+        unsafe = importlib.import_module(TRITON_PATHS["ssd_scan"][0]).fla_backward_unsafe(dev)
         report["ssd_scan"]["backward"] = (f"fla's forward kernel run three more times (fla's own backward is unsafe: {unsafe})"
                                           if unsafe else "fla's own backward kernels")
     report["versions"] = {p: _version(p) for p in ("torch", "mamba-ssm", "causal-conv1d", "triton", "fla-core")}
