@@ -268,7 +268,7 @@ def test_every_method_builds_for_the_smollm2_layout(gguf_dir, student, n_layer):
 # ---------------------------------------------------------------- the GPU studies in their tiny CPU configurations
 
 def run_study(name, *args, env=None):
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "studies" / name), *map(str, args)], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "bench.studies." + name.removesuffix(".py"), *map(str, args)], cwd=ROOT, capture_output=True,
                        text=True, timeout=900, env={**os.environ, **(env or {})})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return r.stdout

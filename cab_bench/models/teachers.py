@@ -85,7 +85,7 @@ def default_teacher_spec(
     how = ("; it is made by `papermill nbs/pretrain_teacher.ipynb` (or point $CAB_BENCH_DATA at a folder holding "
            f"{DEFAULT_TEACHERS[kind]})")
     if kind == 'fashion':
-        how = ("; the Fashion-MNIST teacher is not bundled yet: train it on a GPU with `python bench/studies/real_assets_vision.py "
+        how = ("; the Fashion-MNIST teacher is not bundled yet: train it on a GPU with `python -m bench.studies.real_assets_vision "
                "--out data/teachers/vit_fashion` (or `cab_bench.pretrain.pretrain_fashion_teacher`), or point $CAB_BENCH_DATA at "
                f"a folder holding {DEFAULT_TEACHERS[kind]}")
     if kind == 'language':
