@@ -39,8 +39,8 @@ def test_readme_test_command_is_ci():
 def test_bench_ops_smoke(tmp_path):
     "The ops benchmark runs its CPU smoke configuration and writes results with the environment."
     out = tmp_path / "ops.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "bench_ops.py"), "--smoke", "--out", str(out)], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "bench.bench_ops", "--smoke", "--out", str(out)], check=True,
+                   capture_output=True, cwd=ROOT)
     r = json.loads(out.read_text())
     assert r["smoke"] and r["env"]["torch"]
     paths = {(row["op"], row["path"], row["pass_"]) for row in r["rows"]}
@@ -54,7 +54,9 @@ def test_bench_ops_smoke(tmp_path):
 # distributions the package needs without importing them itself: torch.utils.tensorboard imports tensorboard for the
 # trainer's event files; the main job and the explorer are notebooks (papermill, ipykernel, ipywidgets)
 RUNTIME_ONLY = {"tensorboard", "papermill", "ipykernel", "ipywidgets"}
-DIST_OF = {"PIL": "pillow", "sklearn": "scikit-learn"}   # import name -> distribution name where they differ
+DIST_OF = {"PIL": "pillow", "sklearn": "scikit-learn", "fla": "fla-core"}   # import name -> distribution name where they differ
+# imported only on CUDA by the optional fast paths: fla-core is in the `cuda` extra, triton comes with torch's CUDA builds
+OPTIONAL = {"fla-core", "triton"}
 
 
 def imported_distributions():
@@ -78,7 +80,9 @@ def test_requirements_are_what_is_imported():
     cfg = configparser.ConfigParser(delimiters=["="])
     cfg.read(ROOT / "settings.ini")
     declared = {re.split(r"[<>=!~\[; ]", r)[0].lower() for r in cfg["DEFAULT"]["requirements"].split()}
-    want = imported_distributions() | RUNTIME_ONLY
+    want = (imported_distributions() - OPTIONAL) | RUNTIME_ONLY
+    cuda = {re.split(r"[<>=!~\[; ]", r)[0].lower() for r in cfg["DEFAULT"]["cuda_requirements"].split()}
+    assert "fla-core" in cuda, "fla-core belongs to the cuda extra"
     assert declared == want, f"declared but not needed: {sorted(declared - want)}; needed but not declared: {sorted(want - declared)}"
 
 
