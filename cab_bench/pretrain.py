@@ -5,7 +5,6 @@
 # %% ../nbs/45_pretrain.ipynb #22e9d97a
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
@@ -18,11 +17,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .core import CabError, bad_value, check_range, seed_everything
+from .guard import file_sha256
 
 # %% auto #0
-__all__ = ['VISION_TEACHER', 'LANGUAGE_TEACHER', 'FASHION_TEACHER', 'code_version', 'library_versions', 'file_sha256',
-           'write_provenance', 'random_shift', 'pretrain_vision_teacher', 'pretrain_language_teacher',
-           'crop_flip_batch', 'pretrain_fashion_teacher']
+__all__ = ['VISION_TEACHER', 'LANGUAGE_TEACHER', 'FASHION_TEACHER', 'code_version', 'library_versions', 'write_provenance',
+           'random_shift', 'pretrain_vision_teacher', 'pretrain_language_teacher', 'crop_flip_batch',
+           'pretrain_fashion_teacher']
 
 # %% ../nbs/45_pretrain.ipynb #ec8633da
 def code_version()->dict:
@@ -41,12 +41,6 @@ def library_versions()->dict:
     import numpy, timm, transformers
     return dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
                 transformers=transformers.__version__, numpy=numpy.__version__)
-
-def file_sha256(path)->str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
-    return h.hexdigest()
 
 def write_provenance(folder, **fields)->dict:
     "Write `folder/provenance.json` (with code and library versions, and the sha256 of every weights file)."

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .core import CabError, bad_value, check_choice, check_range, resolve_device, seed_everything
+from .guard import file_sha256
 from .train import TrainConfig
 
 # %% auto #0
@@ -230,13 +231,6 @@ def read_json(path:Path)->dict:
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
-def _sha256(path)->str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
-    return h.hexdigest()
-
 def teacher_files(spec:str)->list:
     "The local weight files a teacher spec loads (none for a hub name)."
     from cab_bench.models import parse_teacher_spec
@@ -250,7 +244,7 @@ def teacher_sha256(spec:str)->dict:
     "file name -> sha256 of a teacher's local weight files, after checking them against a provenance.json beside them."
     out = {}
     for f in teacher_files(spec):
-        out[f.name] = h = _sha256(f)
+        out[f.name] = h = file_sha256(f)
         prov = f.parent / "provenance.json"
         if prov.is_file():
             want = (read_json(prov).get("weights_sha256") or {}).get(f.name)

@@ -40,13 +40,8 @@ def _sel(results, task, labels=None, fracs=None):
             and (fracs is None or r["data_frac"] in fracs)]
 
 
-def _fmt(c, unit=""):
-    return f"{c['mean']:.1f} ± {c['std']:.1f} (n={c['n']}){unit}"
-
-
-def _cmp(pr, a, b, f):
-    "Paired difference of label a vs baseline b at fraction f (positive = a better), or None."
-    return pr.get(a, {}).get(f) if b else None
+def _fmt(c):
+    return f"{c['mean']:.1f} ± {c['std']:.1f} (n={c['n']})"
 
 
 def _verdict(diffs:list, equal:bool=False)->str:

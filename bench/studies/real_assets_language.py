@@ -20,7 +20,6 @@ Prints and writes (`--json`) one summary: the GGUF's sha256, the teacher's load 
 record (hash, token counts), and per method its final student perplexity, steps and times.
 """
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 from cab_bench.core import CabError  # noqa: E402
+from cab_bench.guard import file_sha256  # noqa: E402
 
 METHODS = ("soft_kd", "attn_reuse", "mohawk", "cab", "hedgemamba")
 
@@ -53,13 +53,6 @@ def parse(argv=None):
     p.add_argument("--json", default=None, help="default: <runs>/real_assets_language.json")
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
-
-
-def file_sha256(path)->str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
-    return h.hexdigest()
 
 
 def main(argv=None)->dict:
