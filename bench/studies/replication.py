@@ -104,33 +104,75 @@ def _with_data(cell:dict, out:Path, fashion:str|None)->dict:
     return cfg
 
 
+def _slim(run_dir:Path):
+    "Drop a finished run's checkpoints (tens of MB each); its JSON, logs and figures stay. The run is still reused."
+    for f in run_dir.rglob("*"):
+        if f.is_file() and f.suffix in (".safetensors", ".pt", ".bin") and f.stat().st_size > 1 << 20: f.unlink()
+
+
+def _rate(run_dir:Path)->float|None:
+    "Steady-state training steps per second from metrics.jsonl (first to last train line; start-up excluded)."
+    p = run_dir / "train" / "metrics.jsonl"
+    if not p.exists(): return None
+    tr = [json.loads(l) for l in p.read_text().splitlines() if '"kind": "train"' in l]
+    if len(tr) < 2 or tr[-1]["time"] <= tr[0]["time"]: return None
+    return (tr[-1]["step"] - tr[0]["step"]) / (tr[-1]["time"] - tr[0]["time"])
+
+
 def _worker(args):
-    cfg, log = args
+    cfg, log, gpu, t_start, deadline, est, slim = args
+    if gpu is not None: os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)      # before torch is imported in this process
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     t0 = time.time()
+    if deadline and est and t0 - t_start + est > deadline:              # would not finish in this session: leave it
+        return dict(run_name=cfg["run_name"], ok=None, seconds=0.0, gpu=gpu)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
     try:
-        from cab_bench.experiment import DistillConfig, run
-        m = run(DistillConfig.from_dict(cfg))
-        return dict(run_name=cfg["run_name"], ok=True, seconds=time.time() - t0, student=m.get("student"))
+        with open(log, "w") as f:
+            import contextlib
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                from cab_bench.experiment import DistillConfig, run
+                m = run(DistillConfig.from_dict(cfg))
+        d = Path(cfg["out_dir"]) / cfg["run_name"]
+        rate = _rate(d)
+        if slim: _slim(d)
+        return dict(run_name=cfg["run_name"], ok=True, seconds=time.time() - t0, student=m.get("student"), gpu=gpu, rate=rate)
     except Exception as e:                                     # one failing cell must not stop the others
-        Path(log).parent.mkdir(parents=True, exist_ok=True)
-        Path(log).write_text(traceback.format_exc())
-        return dict(run_name=cfg["run_name"], ok=False, seconds=time.time() - t0, error=f"{type(e).__name__}: {e}")
+        with open(log, "a") as f: f.write("\n" + traceback.format_exc())
+        return dict(run_name=cfg["run_name"], ok=False, seconds=time.time() - t0, error=f"{type(e).__name__}: {e}", gpu=gpu)
 
 
-def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=None)->list:
-    "Run a part's cells that have no metrics.json yet, `workers` processes at once on the one GPU."
-    cells = parts()[name]
-    todo = [c for c in cells if not (out / c["config"]["run_name"] / "metrics.json").exists()][:limit]
-    print(f"part {name}: {len(cells)} cells, {len(cells) - len(todo)} finished, running {len(todo)} with {workers} workers",
-          flush=True)
-    jobs = [(_with_data(c, out, fashion), str(out / "_errors" / f"{c['config']['run_name']}.txt")) for c in todo]
+def _gpu_count()->int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True).stdout
+        return sum(1 for l in out.splitlines() if l.startswith("GPU "))
+    except Exception: return 0
+
+
+def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=None, max_steps:int|None=None,
+             gpus:int|None=None, deadline:float|None=None, est:float|None=None, slim:bool=True, labels=None)->list:
+    """Run a part's cells that have no metrics.json yet, `workers` processes at once, spread over `gpus` GPUs.
+    `max_steps` shortens every cell (a throughput probe: its runs are named `...-probe<N>` and are not grid cells).
+    With `deadline` (seconds from now) and `est` (seconds a cell takes), a cell is started only if it can finish."""
+    t_start = time.time()
+    cells = [c for c in parts()[name] if labels is None or c["label"] in labels]
+    if max_steps is not None:
+        cells = [dict(c, config=dict(c["config"], max_steps=max_steps, run_name=f"{c['config']['run_name']}-probe{max_steps}"))
+                 for c in cells]
+    missing = [c for c in cells if not (out / c["config"]["run_name"] / "metrics.json").exists()]
+    todo = missing[:limit]
+    ngpu = _gpu_count() if gpus is None else gpus
+    print(f"part {name}: {len(cells)} cells, {len(cells) - len(missing)} finished, running {len(todo)} with {workers} workers"
+          f" on {ngpu or 'no'} GPU(s)", flush=True)
+    jobs = [(_with_data(c, out, fashion), str(out / "_logs" / f"{c['config']['run_name']}.log"),
+             (i % ngpu) if ngpu else None, t_start, deadline, est, slim) for i, c in enumerate(todo)]
     done = []
     with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
         for r in pool.imap_unordered(_worker, jobs):
             done.append(r)
-            print(("ok  " if r["ok"] else "ERR ") + f"{r['run_name']} {r['seconds']:.0f}s "
-                  + (f"student={r['student']}" if r["ok"] else r["error"]), flush=True)
+            if r["ok"] is None: print(f"skip {r['run_name']} (would pass the deadline)", flush=True); continue
+            print(("ok  " if r["ok"] else "ERR ") + f"{r['run_name']} gpu={r['gpu']} {r['seconds']:.0f}s "
+                  + (f"student={r['student']} steps/s={r.get('rate') or 0:.2f}" if r["ok"] else r["error"]), flush=True)
     return done
 
 
@@ -176,6 +218,12 @@ def main(argv=None):
     r.add_argument("--workers", type=int, default=8)
     r.add_argument("--fashion", default=None, help="folder with Fashion-MNIST's four idx files (default: the installed package's)")
     r.add_argument("--limit", type=int, default=None, help="run at most this many cells")
+    r.add_argument("--labels", default=None, help="comma-separated labels: only these methods of the part")
+    r.add_argument("--max_steps", type=int, default=None, help="a throughput probe: shorten every cell to this many steps")
+    r.add_argument("--gpus", type=int, default=None, help="GPUs to spread the workers over (default: all nvidia-smi lists)")
+    r.add_argument("--deadline", type=float, default=None, help="seconds from now after which no cell should still run")
+    r.add_argument("--est", type=float, default=None, help="seconds one cell takes at this concurrency (with --deadline)")
+    r.add_argument("--keep_ckpts", action="store_true", help="keep finished runs' checkpoints (default: drop them)")
     c = sub.add_parser("collect", help="compact finished runs into results/replication/records/")
     c.add_argument("--out", type=Path, default=ROOT / "runs" / "replication")
     c.add_argument("--records", type=Path, default=RECORDS)
@@ -185,9 +233,10 @@ def main(argv=None):
             print(f"{name}: {len(cells)} cells")
             for cl in cells: print(f"  {cl['config']['run_name']}  method={cl['config']['method']} opts={cl['config']['method_opts']}")
     elif a.cmd == "run":
-        res = run_part(a.part, a.out, a.workers, a.fashion, a.limit)
-        bad = [x for x in res if not x["ok"]]
-        print(f"{len(res) - len(bad)} finished, {len(bad)} failed")
+        res = run_part(a.part, a.out, a.workers, a.fashion, a.limit, a.max_steps, a.gpus, a.deadline, a.est,
+                       not a.keep_ckpts, a.labels.split(',') if a.labels else None)
+        bad, skipped = [x for x in res if x["ok"] is False], [x for x in res if x["ok"] is None]
+        print(f"{len(res) - len(bad) - len(skipped)} finished, {len(bad)} failed, {len(skipped)} left for later")
     else:
         print(f"{collect(a.out, a.records)} records written to {a.records}")
 
