@@ -342,7 +342,14 @@ def read_log(source)->list:
     d = source.run_dir if isinstance(source, Run) else Path(source)
     f = d / "metrics.jsonl" if (d / "metrics.jsonl").is_file() else d / "train" / "metrics.jsonl"
     if not f.is_file(): raise bad_value("source", str(source), "a run directory (or its train/) holding metrics.jsonl")
-    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    lines = [l for l in f.read_text().splitlines() if l.strip()]
+    out = []
+    for i, l in enumerate(lines):
+        try: out.append(json.loads(l))
+        except ValueError as e:
+            if i == len(lines) - 1: break              # a line a crash cut short (the trainer drops it on resume)
+            raise CabError(f"training log {f} is damaged at line {i + 1} ({e}); remove or restore it.") from e
+    return out
 
 def plot_training(
     source,                     # a run directory, a `Run`, or a list of metrics.jsonl records

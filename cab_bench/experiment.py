@@ -161,6 +161,7 @@ def run(
     cfg:DistillConfig|dict,
     prepared:dict|None=None,   # what `prepare(cfg)` returned, when the caller already built it (e.g. to fail early)
     on_step=None,              # the trainer's progress hook; None: `TerminalProgress` lines (unless progress=False)
+    wait:float|None=None,      # seconds to wait while another process writes this run; None: until it ends; 0: refuse at once
 )->dict:
     "Run (or resume, or reuse) one distillation; returns the metrics also written to `metrics.json`."
     from cab_bench.train import train
@@ -169,13 +170,15 @@ def run(
     cfg = DistillConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     rd = RunDir.of(cfg)
     if rd.config_file.exists(): rd.check_same(cfg)               # other settings under this name: refused at once
+    if rd.metrics_file.exists(): rd.read_metrics()               # a damaged metrics.json: named at once
     p = prepared if prepared is not None else prepare(cfg)       # may raise: nothing written yet
     content = content_identity(cfg, p)                           # teacher weights, data content, code version
-    with rd.lock():                                              # one writer per run (another: a CabError naming it)
-        if rd.config_file.exists():                              # started, finished (or copied here) before
-            rd.check_same(cfg); rd.check_content(content)
+    main = int(os.environ.get("RANK", "0")) == 0                 # under `accelerate launch`: the main process writes the folder
+    with rd.lock(wait, on_wait=announce) if main else contextlib.nullcontext():   # one writer per run: waits, or RunBusy
+        if rd.config_file.exists():                              # started, finished (or copied here) before, or by the
+            rd.check_same(cfg); rd.check_content(content)        # process this one waited for
             if rd.state() == "finished": return rd.read_metrics()
-        rd.start(cfg, content)
+        if main: rd.start(cfg, content)
         t0 = time.time()
         hook = on_step if on_step is not None else TerminalProgress(cfg.run_name) if cfg.progress else None
         res = train(p["method"].module, p["method"].stages, p["train"], p["bundle"].val,
@@ -198,4 +201,4 @@ def run(
                        stages=res.stage_losses, stage_evals=res.stage_evals, evals=res.evals, steps=res.steps,
                        stage_steps=res.stage_steps, attention=attention, wall_time=res.wall_time, run_time=time.time() - t0, device=res.device,
                        num_processes=res.num_processes, backend_report=backend_report(p["device"]), run_dir=str(rd.path))
-        return rd.finish(metrics)
+        return rd.finish(metrics) if main else metrics

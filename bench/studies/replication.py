@@ -190,14 +190,14 @@ def _gpu()->str:
 
 def collect(out:Path, records:Path=RECORDS, commit:str|None=None)->int:
     "Compact every finished run of the grid under `out` into records/<run_name>.json (the report's only input)."
+    from cab_bench.guard import read_json
     records.mkdir(parents=True, exist_ok=True)
     commit, gpu, n = commit or _commit(), _gpu(), 0
     for part, cells in parts().items():
         for c in cells:
             d = out / c["config"]["run_name"]
             if not (d / "metrics.json").exists(): continue
-            m = json.loads((d / "metrics.json").read_text())
-            cfg = json.loads((d / "config.json").read_text())
+            m, cfg = read_json(d / "metrics.json", "run metrics"), read_json(d / "config.json", "run config")   # damaged: named
             keep = {k: m.get(k) for k in ("task", "method", "metric", "student", "teacher", "student_eval", "teacher_eval",
                                           "data", "stages", "stage_steps", "steps", "attention", "wall_time", "run_time",
                                           "device", "backend_report")}
