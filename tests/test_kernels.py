@@ -68,6 +68,8 @@ INTERP = textwrap.dedent('''
     from cab_bench.ops import selective_scan
     sys.path.insert(0, {tests!r})
     from test_kernels import compare_scan, SCAN_OPTS
+    import cab_bench.ops.triton_scan as ts
+    if {part_max} is not None: ts.SCAN_BC_PART_MAX = {part_max}     # 0: per-token dB/dC by atomic adds, not per-block slices
     cases = {cases}
     for bc, b, d, l, N, opts, sp, seed in cases:
         x = random_scan_inputs(b=b, d=d, l=l, N=N, bc=bc, dtype=torch.float64, seed=seed)
@@ -82,18 +84,20 @@ INTERP = textwrap.dedent('''
 ''')
 
 
-def run_interpreted(cases):
+def run_interpreted(cases, part_max=None):
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    code = INTERP.format(tests=os.path.dirname(__file__), cases=repr(cases))
+    code = INTERP.format(tests=os.path.dirname(__file__), cases=repr(cases), part_max=repr(part_max))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-def test_triton_scan_interpreted_all_options():
-    "Every option at once and none, the three B/C layouts, a partly filled chunk (tiny shapes)."
+@pytest.mark.parametrize("part_max", [None, 0])
+def test_triton_scan_interpreted_all_options(part_max):
+    """Every option at once and none, the three B/C layouts, a partly filled chunk (tiny shapes); per-token dB/dC both
+    ways: per-block slices summed after (the default at these sizes) and atomic adds (`SCAN_BC_PART_MAX = 0`)."""
     all_opts = ("D", "z", "delta_bias", "initial_state")
-    run_interpreted([("shared", 2, 8, 37, 4, all_opts, True, 0), ("grouped", 1, 4, 5, 3, (), False, 1),
-                     ("const", 2, 4, 9, 2, all_opts, True, 2)])
+    run_interpreted([("shared", 2, 32, 37, 4, all_opts, True, 0), ("grouped", 1, 32, 5, 3, (), False, 1),
+                     ("const", 2, 4, 9, 2, all_opts, True, 2)], part_max)
 
 
 @pytest.mark.slow

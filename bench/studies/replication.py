@@ -15,7 +15,15 @@ Like-for-like: the stage of every method that trains on the end task uses the sa
 methods differ only in what they add (an alignment stage, an initialisation, an orientation stage, a Hedgehog stage).
 `vanilla` (CE on labels, no teacher) and `hard_kd` (CE on the teacher's argmax) are defined by their loss and keep it.
 The options that make this explicit are written into every cell's `method_opts`, so the records say what ran even if
-a default changes later.
+a default changes later. HedgeMamba's stage 2 (CE only in the paper) takes `kl=1, ce=1` here for the same reason.
+
+Decided before the first record, from throughput only (no grid cell had run): the teacher is the bundled
+`default:fashion` as it is (test top-1 90.1%, 23 of 50 planned epochs; retraining to the 92% aim was not worth a
+session's device time, and every method distils from the same teacher). Measured on one H200 (this folder's
+`probe/` logs, 200-step runs, 12 processes at once): about 9 steps/s summed over the processes for CAB at batch 128,
+i.e. the GPU is the limit at ~0.1 s of kernel time a step, half of it the Triton scan's backward
+(`bench/results/profile_fashion_step_h200.json`). At that rate the vision grid (90 cells x 2,000 steps) needs ~5.5 h
+of one GPU; the parts are therefore run over several sessions, each part no longer than one session's device time.
 """
 from __future__ import annotations
 
@@ -72,8 +80,8 @@ LANGUAGE_METHODS = {
     "attn_reuse": ("attn_reuse", L_KD),
     "mohawk": ("mohawk", L_KD),
     "cab": ("cab", dict(two_stage=True, align_share=0.1, stage2_kl=1.0, stage2_ce=1.0)),
-    "hedgemamba": ("hedgemamba", {}),
-    "hedgemamba_one_step": ("hedgemamba_one_step", {}),
+    "hedgemamba": ("hedgemamba", dict(stage1_share=0.1, **L_KD)),     # the paper's stage 2 is CE only; here KL 1 + CE 1 as all
+    "hedgemamba_one_step": ("hedgemamba_one_step", L_KD),
 }
 HEDGE_SPLITS = {"hedgemamba_10_90": 0.1, "hedgemamba_50_50": 0.5, "hedgemamba_90_10": 0.9}
 
@@ -92,7 +100,7 @@ def parts()->dict:
         out[name] = [_cell(VISION, lab, m, o, f, s, name) for lab, (m, o) in VISION_METHODS.items() for s in SEEDS]
     out["VABL"] = [_cell(VISION, lab, m, o, 0.1, s, "VABL") for lab, (m, o) in VISION_ABLATIONS.items() for s in SEEDS]
     out["LMAIN"] = [_cell(LANGUAGE, lab, m, o, 1.0, s, "LMAIN") for lab, (m, o) in LANGUAGE_METHODS.items() for s in LM_SEEDS]
-    out["LSPLIT"] = [_cell(LANGUAGE, lab, "hedgemamba", dict(stage1_share=sh), 1.0, 0, "LSPLIT")
+    out["LSPLIT"] = [_cell(LANGUAGE, lab, "hedgemamba", dict(stage1_share=sh, **L_KD), 1.0, 0, "LSPLIT")
                      for lab, sh in HEDGE_SPLITS.items()]
     return out
 
