@@ -73,15 +73,16 @@ VISION_ABLATIONS = {                 # Table 5 and Table 7 of the CAB paper, at 
 LANGUAGE = dict(task="language", teacher="default:smollm2", student="mamba2_smollm2", data="docs", seq_len=512,
                 batch_size=32, max_steps=1280, lr=1e-3, weight_decay=0.05, warmup_frac=0.05, precision="auto",
                 eval_teacher=True)
-L_KD = dict(tau=1.0, ce=1.0)         # the end-task stage of every KD method: KL 1 + CE 1
+L_KD = dict(tau=1.0, ce=1.0)         # the end-task stage of every KD method: KL 1 + CE 1 (their KL weight is 1 by definition)
+L_HEDGE = dict(kl=1.0, ce=1.0, tau=1.0)   # the same for HedgeMamba's stage 2, whose KL weight defaults to 0
 LANGUAGE_METHODS = {
     "vanilla": ("vanilla", {}),
     "soft_kd": ("soft_kd", L_KD),
     "attn_reuse": ("attn_reuse", L_KD),
     "mohawk": ("mohawk", L_KD),
     "cab": ("cab", dict(two_stage=True, align_share=0.1, stage2_kl=1.0, stage2_ce=1.0)),
-    "hedgemamba": ("hedgemamba", dict(stage1_share=0.1, **L_KD)),     # the paper's stage 2 is CE only; here KL 1 + CE 1 as all
-    "hedgemamba_one_step": ("hedgemamba_one_step", L_KD),
+    "hedgemamba": ("hedgemamba", dict(stage1_share=0.1, **L_HEDGE)),     # the paper's stage 2 is CE only; here KL 1 + CE 1 as all
+    "hedgemamba_one_step": ("hedgemamba_one_step", L_HEDGE),
 }
 HEDGE_SPLITS = {"hedgemamba_10_90": 0.1, "hedgemamba_50_50": 0.5, "hedgemamba_90_10": 0.9}
 
@@ -100,7 +101,7 @@ def parts()->dict:
         out[name] = [_cell(VISION, lab, m, o, f, s, name) for lab, (m, o) in VISION_METHODS.items() for s in SEEDS]
     out["VABL"] = [_cell(VISION, lab, m, o, 0.1, s, "VABL") for lab, (m, o) in VISION_ABLATIONS.items() for s in SEEDS]
     out["LMAIN"] = [_cell(LANGUAGE, lab, m, o, 1.0, s, "LMAIN") for lab, (m, o) in LANGUAGE_METHODS.items() for s in LM_SEEDS]
-    out["LSPLIT"] = [_cell(LANGUAGE, lab, "hedgemamba", dict(stage1_share=sh, **L_KD), 1.0, 0, "LSPLIT")
+    out["LSPLIT"] = [_cell(LANGUAGE, lab, "hedgemamba", dict(stage1_share=sh, **L_HEDGE), 1.0, 0, "LSPLIT")
                      for lab, sh in HEDGE_SPLITS.items()]
     return out
 
