@@ -166,7 +166,7 @@ def run(
     "Run (or resume, or reuse) one distillation; returns the metrics also written to `metrics.json`."
     from cab_bench.train import train
     from cab_bench.ops import backend_report
-    from cab_bench.analysis import attention_report
+    from cab_bench.analysis import attention_report, bridged_report
     cfg = DistillConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     rd = RunDir.of(cfg)
     if rd.config_file.exists(): rd.check_same(cfg)               # other settings under this name: refused at once
@@ -191,6 +191,11 @@ def run(
                                            "bf16" if p["device"].type == "cuda" and cfg.precision != "fp32" else "fp32")
         try: attention = attention_report(p["teacher"], p["method"].student, p["bundle"].val)   # seconds on a CPU
         except CabError as e: attention = dict(error=str(e))                                   # a pair it cannot compare
+        bridge = getattr(p["method"].module, "bridge", None)
+        if bridge is not None and {"B", "C"} <= set(bridge.names()) and "error" not in attention:
+            # CAB: also the bridged attention phi_C(C).phi_B(B)^T (what alignment acts on), see `analysis.bridged_report`
+            try: attention["bridged"] = bridged_report(p["method"].module, p["bundle"].val)
+            except CabError as e: attention["bridged"] = dict(error=str(e))
         sub = p["subset"]
         metrics = dict(task=cfg.task, method=cfg.method, metric=metric,
                        student=res.final_eval.get(metric), teacher=None if teacher_eval is None else teacher_eval[metric],
