@@ -295,11 +295,14 @@ def test_real_assets_language_tiny(gguf_dir, tmp_path):
     doc = write_doc_sources(tmp_path / "doc", n_files=30, words=150)
     run_study("real_assets_language.py", "--gguf", g, "--student_opts", json.dumps({**TINY_SMOLLM2_STUDENT, "n_layer": 2}),
               "--steps", 2, "--seq_len", 16, "--batch_size", 2, "--data_frac", 0.2, "--runs", tmp_path / "runs", "--device", "cpu",
-              "--json", tmp_path / "l.json", "--doc_root", doc, env=dict(CAB_BENCH_CACHE=str(tmp_path / "cache")))
+              "--json", tmp_path / "l.json", "--doc_root", doc, "--eval_batches", 2, env=dict(CAB_BENCH_CACHE=str(tmp_path / "cache")))
     s = json.loads((tmp_path / "l.json").read_text())
+    assert s["settings"]["eval_batches"] == 2
     assert s["failed"] == [] and set(s["runs"]) == {"soft_kd", "attn_reuse", "mohawk", "cab", "hedgemamba"}
     for m, r in s["runs"].items():   # 2 steps, at least one per stage (mohawk has 3 stages)
         assert r["steps"] == sum(r["stage_steps"].values()) == max(2, len(r["stage_steps"])) and math.isfinite(r["student_ppl"]), (m, r)
+    for r in s["runs"].values():   # the runs evaluated two validation batches of 2 blocks of 16 tokens each
+        assert 0 < json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["student_eval"]["tokens"] <= 2 * 2 * 16
     t = s["teacher"]
     assert math.isclose(t["val_bits_per_byte"], t["val_loss"] / math.log(2) / t["bytes_per_token"], rel_tol=1e-9)
     import hashlib

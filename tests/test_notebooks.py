@@ -77,3 +77,4 @@ def test_run_distill_bad_parameter(tmp_path, name, value, words):
     for w in words: assert w in msg, (w, msg)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())   # no half-written run directory
     assert p.stderr.strip().splitlines()[-1] == msg.splitlines()[0]        # the terminal ends with the error, one line
+    assert "error: " + err["evalue"].splitlines()[0] in p.stderr           # the line the kernel wrote to the terminal

@@ -49,6 +49,7 @@ def parse(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--data_frac", type=float, default=0.05, help="share of the training blocks the runs sample from")
     p.add_argument("--eval_blocks", type=int, default=0, help="teacher score on this many validation blocks (0: all)")
+    p.add_argument("--eval_batches", type=int, default=None, help="the runs' validation batches per evaluation (default: all)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "real_assets"))
     p.add_argument("--json", default=None, help="default: <runs>/real_assets_language.json")
     p.add_argument("--device", default="auto")
@@ -83,7 +84,7 @@ def main(argv=None)->dict:
     print(json.dumps(dict(gguf=gguf)), flush=True)
     base = dict(task="language", teacher=spec, student=a.student, data=a.data, data_frac=a.data_frac, max_steps=a.steps,
                 batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, device=a.device, out_dir=str(a.runs),
-                student_opts=student_opts, eval_teacher=False)
+                student_opts=student_opts, eval_teacher=False, eval_batches=a.eval_batches)
     tag = gguf["sha256"][:8]
     cfg0 = DistillConfig(**base, method=a.methods[0], run_name=f"lm-{a.methods[0]}-{a.student}-s{a.steps}-t{tag}")
     tl = time.time()
@@ -122,7 +123,8 @@ def main(argv=None)->dict:
         if dev.type == "cuda": torch.cuda.empty_cache()
     summary = dict(study="real_assets_language", gguf=gguf, teacher=teacher_score, data=dict(spec=a.data, description=bundle.description,
                    corpus=c, sizes=bundle.sizes), student=a.student, student_opts=student_opts, runs=runs, failed=failed,
-                   settings=dict(steps=a.steps, seq_len=a.seq_len, batch_size=a.batch_size, lr=a.lr, data_frac=a.data_frac),
+                   settings=dict(steps=a.steps, seq_len=a.seq_len, batch_size=a.batch_size, lr=a.lr, data_frac=a.data_frac,
+                                 eval_batches=a.eval_batches),
                    total_time_s=time.time() - t0, torch=torch.__version__,
                    cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
     path = Path(a.json) if a.json else Path(a.runs) / "real_assets_language.json"
