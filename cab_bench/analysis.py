@@ -245,7 +245,7 @@ def attention_report(
     return dict(n_samples=int(x.shape[0]), n_tokens=s["n_tokens"], n_heads=int(s["cosine"].shape[2]), pairing=s["pairing"],
                 mixer=s["mixer"], direction=s["direction"], **{m + "_mean": float(np.mean(s[m])) for m in METRICS}, layers=layers)
 
-# %% ../nbs/60_analysis.ipynb #ebdd113a
+# %% ../nbs/60_analysis.ipynb #4cc36f30
 def _heads(t:torch.Tensor, n_heads:int)->torch.Tensor:
     "(b, n, n_heads * d) -> (b, n_heads, n, d)."
     b, n, f = t.shape
