@@ -225,6 +225,13 @@ def attention_similarity(
     parts = [layer_similarity(attention_maps(teacher, student, x[i:i + batch_size], direction)) for i in range(0, len(x), batch_size)]
     return {**parts[0], **{m: np.concatenate([p[m] for p in parts], 1) for m in METRICS}}
 
+def _summary(s:dict)->dict:
+    "Means (and per-layer mean/std) of `layer_similarity`-shaped arrays, JSON-ready."
+    stats = lambda a: {"_mean": float(np.mean(a)), "_std": float(np.std(a))}
+    layers = [dict(layer=l, teacher_layer=int(g), **{m + k: v for m in METRICS for k, v in stats(s[m][l]).items()})
+              for l, g in zip(s["layers"], s["teacher_layers"])]
+    return {**{m + "_mean": float(np.mean(s[m])) for m in METRICS}, "layers": layers}
+
 def attention_report(
     teacher:nn.Module,          # the run's teacher
     student:nn.Module,          # the trained student (`method.student`: HedgeMamba builds its own)
@@ -239,11 +246,8 @@ def attention_report(
     if x.dtype in (torch.int64, torch.int32) and max_tokens is not None:
         check_range("max_tokens", max_tokens, 1, kind=int); x = x[:, :max_tokens]
     s = attention_similarity(teacher, student, x, direction)
-    stats = lambda a: {"_mean": float(np.mean(a)), "_std": float(np.std(a))}
-    layers = [dict(layer=l, teacher_layer=int(g), **{m + k: v for m in METRICS for k, v in stats(s[m][l]).items()})
-              for l, g in zip(s["layers"], s["teacher_layers"])]
     return dict(n_samples=int(x.shape[0]), n_tokens=s["n_tokens"], n_heads=int(s["cosine"].shape[2]), pairing=s["pairing"],
-                mixer=s["mixer"], direction=s["direction"], **{m + "_mean": float(np.mean(s[m])) for m in METRICS}, layers=layers)
+                mixer=s["mixer"], direction=s["direction"], **_summary(s))
 
 # %% ../nbs/60_analysis.ipynb #4cc36f30
 def _heads(t:torch.Tensor, n_heads:int)->torch.Tensor:
@@ -312,13 +316,6 @@ def bridged_similarity(
         parts["bridged_vs_kernelised"].append(layer_similarity(AttentionMaps(kt.student, bt.student, bt.layer_map, bt.tokens,
                                                                              bt.mixer, bt.direction, "head")))
     return {k: {**v[0], **{m: np.concatenate([p[m] for p in v], 1) for m in METRICS}} for k, v in parts.items()}
-
-def _summary(s:dict)->dict:
-    "Means (and per-layer mean/std) of `layer_similarity`-shaped arrays, JSON-ready."
-    stats = lambda a: {"_mean": float(np.mean(a)), "_std": float(np.std(a))}
-    layers = [dict(layer=l, teacher_layer=int(g), **{m + k: v for m in METRICS for k, v in stats(s[m][l]).items()})
-              for l, g in zip(s["layers"], s["teacher_layers"])]
-    return {**{m + "_mean": float(np.mean(s[m])) for m in METRICS}, "layers": layers}
 
 def bridged_report(
     module:nn.Module,           # a CAB `DistillModule`

@@ -191,8 +191,9 @@ def stage_optimizer(
     from transformers import get_cosine_schedule_with_warmup
     groups = [dict(params=[], names=[], weight_decay=cfg.weight_decay), dict(params=[], names=[], weight_decay=0.0)]
     for n, p in named: g = groups[no_weight_decay(n, p)]; g["params"].append(p); g["names"].append(n)
-    # on a GPU the fused AdamW (a few kernels for all parameters): the per-tensor loop's launches cost a small model's
-    # step more than its arithmetic (measured on the Fashion-MNIST Vim); on a CPU torch's default, unchanged
+    # on a GPU the fused AdamW (a few kernels for all parameters): torch's default step spanned 25 ms of a 238 ms
+    # Fashion-MNIST Vim step on an H200, launches rather than arithmetic (bench/results/profile_fashion_step_h200.json);
+    # on a CPU torch's default, unchanged
     ps = [p for g in groups for p in g["params"]]
     fused = bool(ps) and all(p.is_cuda and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in ps)
     opt = torch.optim.AdamW(groups, lr=cfg.lr * stage.lr_scale, betas=cfg.betas, **(dict(fused=True) if fused else {}))

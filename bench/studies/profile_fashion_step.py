@@ -64,7 +64,6 @@ def main(argv=None):
                                                            cpu_ms=e.cpu_time_total / 3e3) for e in rows]
                     rows = sorted(ev, key=lambda e: -e.count)[:25]
                     res["profile"]["by_count"] = [dict(name=e.key[:120], calls=e.count / 3, cuda_ms=e.device_time_total / 3e3) for e in rows]
-                    res["profile"]["kernels_per_step"] = sum(e.count for e in ev if e.device_time_total > 0 and e.key.startswith(("void", "triton", "_"))) / 3
                     print(prof.key_averages().table(sort_by="device_time_total", row_limit=30), flush=True)
                 st.release(); del meth, teacher; torch.cuda.empty_cache()
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,8 @@ a default changes later. HedgeMamba's stage 2 (CE only in the paper) takes `kl=1
 
 Decided before the first record, from throughput only (no grid cell had run): the teacher is the bundled
 `default:fashion` as it is (test top-1 90.1%, 23 of 50 planned epochs; retraining to the 92% aim was not worth a
-session's device time, and every method distils from the same teacher). Measured on one H200 (this folder's
-`probe/` logs, 200-step runs, 12 processes at once): about 9 steps/s summed over the processes for CAB at batch 128,
+session's device time, and every method distils from the same teacher). Measured on one H200 (the logs in `results/replication/probe/`:
+200-step runs, 12 processes at once, ~1.3 s a step each): about 9 steps/s summed over the processes for CAB at batch 128,
 i.e. the GPU is the limit at ~0.1 s of kernel time a step, half of it the Triton scan's backward
 (`bench/results/profile_fashion_step_h200.json`). At that rate the vision grid (90 cells x 2,000 steps) needs ~5.5 h
 of one GPU; the parts are therefore run over several sessions, each part no longer than one session's device time.
@@ -121,9 +121,8 @@ def _slim(run_dir:Path):
 
 def _rate(run_dir:Path)->float|None:
     "Steady-state training steps per second from metrics.jsonl (first to last train line; start-up excluded)."
-    p = run_dir / "train" / "metrics.jsonl"
-    if not p.exists(): return None
-    tr = [json.loads(l) for l in p.read_text().splitlines() if '"kind": "train"' in l]
+    from cab_bench.analysis import read_log
+    tr = [r for r in read_log(run_dir) if r.get("kind") == "train"]
     if len(tr) < 2 or tr[-1]["time"] <= tr[0]["time"]: return None
     return (tr[-1]["step"] - tr[0]["step"]) / (tr[-1]["time"] - tr[0]["time"])
 
