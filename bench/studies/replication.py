@@ -24,6 +24,9 @@ session's device time, and every method distils from the same teacher). Measured
 i.e. the GPU is the limit at ~0.1 s of kernel time a step, half of it the Triton scan's backward
 (`bench/results/profile_fashion_step_h200.json`). At that rate the vision grid (90 cells x 2,000 steps) needs ~5.5 h
 of one GPU; the parts are therefore run over several sessions, each part no longer than one session's device time.
+A cell outlives one device call (a call is limited to minutes; a cell at 12 processes takes most of an hour), so every
+cell checkpoints every 200 steps (language: 100) and a cell stopped at a call's end resumes, exactly, in the next call
+while the machine keeps its disk. Checkpointing does not change what a run computes (train's resume tests).
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ FRACS = (0.01, 0.05, 0.1, 0.2)
 
 # Vision: equal step budgets at every fraction (the CAB paper scales epochs inversely with the fraction: equal compute).
 VISION = dict(task="vision", teacher="default:fashion", student="vim_fashion", batch_size=128, max_steps=2000, lr=1e-3,
-              weight_decay=0.05, warmup_frac=0.05, augment=True, precision="auto", eval_teacher=True)
+              weight_decay=0.05, warmup_frac=0.05, augment=True, precision="auto", eval_teacher=True, ckpt_every=200)
 # The end-task stage of every KD method: KL (tau 1, weight 1), no CE.
 V_KD = dict(tau=1.0, ce=0.0)
 VISION_METHODS = {
@@ -72,7 +75,7 @@ VISION_ABLATIONS = {                 # Table 5 and Table 7 of the CAB paper, at 
 # = 21.0M tokens a run (the issue asks for at least 20M).
 LANGUAGE = dict(task="language", teacher="default:smollm2", student="mamba2_smollm2", data="docs", seq_len=512,
                 batch_size=32, max_steps=1280, lr=1e-3, weight_decay=0.05, warmup_frac=0.05, precision="auto",
-                eval_teacher=True)
+                eval_teacher=True, ckpt_every=100)
 L_KD = dict(tau=1.0, ce=1.0)         # the end-task stage of every KD method: KL 1 + CE 1 (their KL weight is 1 by definition)
 L_HEDGE = dict(kl=1.0, ce=1.0, tau=1.0)   # the same for HedgeMamba's stage 2, whose KL weight defaults to 0
 LANGUAGE_METHODS = {
