@@ -14,6 +14,9 @@ import os
 import random
 import re
 import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -36,7 +39,7 @@ __all__ = ['TASKS', 'Stage', 'check_stages', 'plan_steps', 'TrainConfig', 'froze
            'stage_optimizer', 'epoch_order', 'StepSampler', 'EvalSampler', 'rng_state', 'set_rng_state',
            'model_tensors', 'latest_checkpoint', 'Checkpoint', 'load_checkpoint', 'load_weights', 'eval_metrics',
            'logit_stats', 'evaluate', 'NonFiniteLoss', 'LossModel', 'optimizer_update', 'train_step', 'Supervised',
-           'TrainResult', 'train_mode', 'train']
+           'TrainingStopped', 'StopRequest', 'TrainResult', 'train_mode', 'train']
 
 # %% ../nbs/50_train.ipynb #0821f0e9
 _RESERVED = {"loss", "lr", "grad_norm", "step", "stage", "stage_step", "epoch", "time", "kind", "weights"}
@@ -522,6 +525,45 @@ class Supervised(nn.Module):
     @torch.no_grad()
     def evaluate(self, batch)->dict: return logit_stats(_logits(self.model(batch[0])), batch[1], self.task)
 
+# %% ../nbs/50_train.ipynb #985b8ff2
+class TrainingStopped(CabError):
+    "Training ended on SIGTERM after writing a checkpoint at the step it had reached; the same call resumes from it."
+    def __init__(self, signal_name:str, step:int, checkpoint):
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        super().__init__(f"training stopped by {signal_name} at step {step}; checkpoint {checkpoint} was written, "
+                         f"and running the same call again resumes from it.")
+
+class StopRequest:
+    "Context manager: SIGTERM and SIGINT set `signal_name` (a second SIGINT interrupts at once); handlers restored on exit."
+    SIGNALS = ("SIGTERM", "SIGINT")
+    def __init__(self, enabled:bool=True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signal_name, self._old = None, {}
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signal_name == "SIGINT" and name == "SIGINT":
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt("a second Ctrl-C: stopped at once")
+        if self.signal_name is None:
+            print(f"{name}: finishing this step and writing a checkpoint before stopping"
+                  + (" (Ctrl-C again stops at once)" if name == "SIGINT" else ""), file=sys.stderr, flush=True)
+        self.signal_name = self.signal_name or name
+    def __enter__(self):
+        if self.enabled:
+            for n in self.SIGNALS:
+                s = getattr(signal, n)
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+    def __exit__(self, *exc):
+        for s, h in self._old.items(): signal.signal(s, h)
+        self._old = {}
+        return False
+    def stop(self, step:int, checkpoint):
+        "Raise what the signal asked for, once the checkpoint at `step` is written."
+        if self.signal_name == "SIGINT": raise KeyboardInterrupt(f"Ctrl-C: stopped at step {step} after writing checkpoint {checkpoint}")
+        raise TrainingStopped(self.signal_name, step, checkpoint)
+
+
 # %% ../nbs/50_train.ipynb #7d13fec4
 @dataclass
 class TrainResult:
@@ -669,8 +711,9 @@ def train(
             for k, x in zip(keys, v): win[k][0] = x
 
     it, it_epoch = None, -1
+    stop = StopRequest(enabled=N == 1)               # SIGTERM / Ctrl-C: checkpoint at the step reached, then stop
     try:
-        with save_guard(None, out, "the run's logs (metrics.jsonl, TensorBoard events)"):   # a full disk there: named too
+        with stop, save_guard(None, out, "the run's logs (metrics.jsonl, TensorBoard events)"):   # a full disk there: named too
             for si in range(si0, len(stages)):
                 st, n = stages[si], plan[si]
                 k_start = k0 if si == si0 else 0
@@ -720,7 +763,7 @@ def train(
                                         num_workers=cfg.num_workers, seed=cfg.seed, acc=acc)
                         hist["evals"].append(dict(step=g, stage=st.name, **mets)); emit(dict(kind="eval", step=g, stage=st.name, **mets), "eval")
                         if end: hist["stage_evals"][st.name] = mets
-                    if end or (cfg.ckpt_every and g % cfg.ckpt_every == 0):
+                    if end or (cfg.ckpt_every and g % cfg.ckpt_every == 0) or stop.signal_name:
                         reduce_window()
                         state = dict(step=g, stage=si, stage_name=st.name, stage_step=k + 1, epoch=(g // bpe), batch_in_epoch=g % bpe,
                                      batches_per_epoch=bpe, num_processes=N, plan=plan, stage_names=names, config=cfg.to_dict(),
@@ -728,6 +771,7 @@ def train(
                                      window={t: [s_.item(), c_] for t, (s_, c_) in win.items()})
                         if main: writer.flush()
                         last = str(_save_checkpoint(acc, out, g, module, frozen, opt, sched, state, cfg.keep_ckpts))
+                        if stop.signal_name and not (end and si == len(stages) - 1): stop.stop(g, last)
                 acc.free_memory(); del model, popt
     finally:
         bar.close()

@@ -467,3 +467,24 @@ def test_sigint_mid_training_then_resume(tmp_path):
     _, res = run_toy(toy_cfg(out), augment=True)
     assert 10 <= res.resumed_from < 40
     assert_same_run(ref, out, res_ref, res)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stop_request_checkpoints_the_step_reached(tmp_path, sig):
+    "SIGTERM or Ctrl-C between periodic checkpoints: a checkpoint at the step reached, then the same run resumes from it exactly."
+    from test_train import assert_same_run, run_toy, spawn, toy_cfg, train_records, wait_for
+    cfg = lambda out: toy_cfg(out, ckpt_every=None)          # checkpoints only at stage ends: a stop must write its own
+    ref = tmp_path / "ref"
+    _, res_ref = run_toy(cfg(ref), augment=True)
+    out = tmp_path / "b"
+    p = spawn(dict(cfg=cfg(out), module=dict(delay=0.03), augment=True))
+    wait_for(lambda: (out / "metrics.jsonl").exists() and any(r["step"] >= 12 for r in train_records(out)), p)
+    p.send_signal(getattr(signal, sig)); text, _ = p.communicate(timeout=60)
+    assert p.returncode != 0, text[-2000:]
+    assert ("TrainingStopped" if sig == "SIGTERM" else "KeyboardInterrupt") in text and "writing a checkpoint" in text, text[-2000:]
+    step = int((out / "latest").read_text().strip()[5:])
+    assert step >= 12 and f"step {step}" in text, text[-2000:]
+    _, res = run_toy(cfg(out), augment=True)
+    assert res.resumed_from == step
+    assert_same_run(ref, out, res_ref, res)

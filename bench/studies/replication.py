@@ -35,6 +35,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -111,7 +112,7 @@ def parts()->dict:
 
 def _with_data(cell:dict, out:Path, fashion:str|None)->dict:
     cfg = dict(cell["config"], out_dir=str(out))
-    if cfg["task"] == "vision":
+    if cfg["task"] == "vision" and "data" not in cfg:          # the grid's vision cells: Fashion-MNIST
         cfg["data"] = f"fashion_mnist:{fashion}" if fashion else "fashion_mnist"
     return cfg
 
@@ -130,24 +131,51 @@ def _rate(run_dir:Path)->float|None:
     return (tr[-1]["step"] - tr[0]["step"]) / (tr[-1]["time"] - tr[0]["time"])
 
 
+STOP = "STOP"                        # under <out>/_logs: present while a stop is under way; cells not yet started are left
+
+
+class _Stopped(BaseException):
+    "SIGTERM outside training (start-up, final evaluation): the cell ends here and its checkpoints stay for the next call."
+
+
+def _stop_now(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)        # once: a second TERM must not interrupt the clean-up
+    raise _Stopped()
+
+
+def _done_frac(run_dir:Path, max_steps:int)->float:
+    "Share of a cell's steps its newest checkpoint holds (0 for a cell not started)."
+    try: return min(1.0, int((run_dir / "train" / "latest").read_text().strip().rsplit("-", 1)[-1]) / max_steps)
+    except (OSError, ValueError): return 0.0
+
+
 def _worker(args):
     cfg, log, gpu, t_start, deadline, est, slim = args
     if gpu is not None: os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)      # before torch is imported in this process
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    signal.signal(signal.SIGTERM, _stop_now)     # train() replaces it while training (checkpoint at the step, then stop)
     t0 = time.time()
-    if deadline and est and t0 - t_start + est > deadline:              # would not finish in this session: leave it
-        return dict(run_name=cfg["run_name"], ok=None, seconds=0.0, gpu=gpu)
+    d = Path(cfg["out_dir"]) / cfg["run_name"]
+    skip = dict(run_name=cfg["run_name"], ok=None, seconds=0.0, gpu=gpu)
+    if (Path(log).parent / STOP).exists(): return dict(skip, why="a stop was requested")
+    left = est * (1 - _done_frac(d, cfg["max_steps"])) if est else None
+    if deadline and left and t0 - t_start + left > deadline:          # would not finish in this session: leave it
+        return dict(skip, why="would pass the deadline")
     Path(log).parent.mkdir(parents=True, exist_ok=True)
+    from cab_bench.train import TrainingStopped
     try:
-        with open(log, "w") as f:
+        with open(log, "a") as f:                                  # a resumed cell's log continues the earlier one
             import contextlib
             with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
                 from cab_bench.experiment import DistillConfig, run
                 m = run(DistillConfig.from_dict(cfg))
-        d = Path(cfg["out_dir"]) / cfg["run_name"]
         rate = _rate(d)
         if slim: _slim(d)
         return dict(run_name=cfg["run_name"], ok=True, seconds=time.time() - t0, student=m.get("student"), gpu=gpu, rate=rate)
+    except (TrainingStopped, _Stopped) as e:                       # asked to stop: its checkpoints stay, the next call resumes
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        step = getattr(e, "step", None)
+        return dict(skip, seconds=time.time() - t0, why=f"stopped at step {step}" if step else "stopped before/after training")
     except Exception as e:                                     # one failing cell must not stop the others
         with open(log, "a") as f: f.write("\n" + traceback.format_exc())
         return dict(run_name=cfg["run_name"], ok=False, seconds=time.time() - t0, error=f"{type(e).__name__}: {e}", gpu=gpu)
@@ -164,7 +192,9 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
              gpus:int|None=None, deadline:float|None=None, est:float|None=None, slim:bool=True, labels=None)->list:
     """Run a part's cells that have no metrics.json yet, `workers` processes at once, spread over `gpus` GPUs.
     `max_steps` shortens every cell (a throughput probe: its runs are named `...-probe<N>` and are not grid cells).
-    With `deadline` (seconds from now) and `est` (seconds a cell takes), a cell is started only if it can finish."""
+    With `deadline` (seconds from now) and `est` (seconds a whole cell takes), a cell is started only if what is left of
+    it (after its newest checkpoint) can finish. On SIGTERM the running cells checkpoint at their step and end, and the
+    cells not yet started are left; the next call resumes them."""
     t_start = time.time()
     cells = [c for c in parts()[name] if labels is None or c["label"] in labels]
     if max_steps is not None:
@@ -177,13 +207,30 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
           f" on {ngpu or 'no'} GPU(s)", flush=True)
     jobs = [(_with_data(c, out, fashion), str(out / "_logs" / f"{c['config']['run_name']}.log"),
              (i % ngpu) if ngpu else None, t_start, deadline, est, slim) for i, c in enumerate(todo)]
+    stop_file = out / "_logs" / STOP
+    stop_file.parent.mkdir(parents=True, exist_ok=True)
+    stop_file.unlink(missing_ok=True)
+
+    def on_term(signum, frame):       # SIGTERM (a job's time limit): running cells checkpoint and end, the rest wait
+        if not stop_file.exists():
+            stop_file.write_text(f"SIGTERM at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            print("SIGTERM: running cells write a checkpoint at their step and stop; the others are left", flush=True)
+        for ch in mp.active_children():
+            try: os.kill(ch.pid, signal.SIGTERM)
+            except ProcessLookupError: pass
+    old = signal.signal(signal.SIGTERM, on_term)
     done = []
-    with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+    pool = mp.get_context("spawn").Pool(workers, maxtasksperchild=1)
+    try:
         for r in pool.imap_unordered(_worker, jobs):
             done.append(r)
-            if r["ok"] is None: print(f"skip {r['run_name']} (would pass the deadline)", flush=True); continue
+            if r["ok"] is None: print(f"left {r['run_name']}: {r['why']}", flush=True); continue
             print(("ok  " if r["ok"] else "ERR ") + f"{r['run_name']} gpu={r['gpu']} {r['seconds']:.0f}s "
                   + (f"student={r['student']} steps/s={r.get('rate') or 0:.2f}" if r["ok"] else r["error"]), flush=True)
+        pool.close(); pool.join()
+    finally:
+        pool.terminate(); signal.signal(signal.SIGTERM, old)
+        stop_file.unlink(missing_ok=True)
     return done
 
 
@@ -247,7 +294,8 @@ def main(argv=None):
         res = run_part(a.part, a.out, a.workers, a.fashion, a.limit, a.max_steps, a.gpus, a.deadline, a.est,
                        not a.keep_ckpts, a.labels.split(',') if a.labels else None)
         bad, skipped = [x for x in res if x["ok"] is False], [x for x in res if x["ok"] is None]
-        print(f"{len(res) - len(bad) - len(skipped)} finished, {len(bad)} failed, {len(skipped)} left for later")
+        print(f"{len(res) - len(bad) - len(skipped)} finished, {len(bad)} failed, {len(skipped)} left for later"
+              f" ({sum(x['why'].startswith('stopped at') for x in skipped)} of them stopped with a checkpoint)")
     else:
         print(f"{collect(a.out, a.records)} records written to {a.records}")
 
