@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT)) if str(ROOT) not in sys.path else None
+if str(ROOT) not in sys.path: sys.path.append(str(ROOT))   # bench is a package at the repository root
 from bench.studies import replication as rep
 
 
