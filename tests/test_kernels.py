@@ -269,21 +269,28 @@ def test_fla_ssd_matches_mamba_ssm():
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", ["vim_test", "mamba_lm_test", "mamba2_lm_test"])
 def test_students_triton_vs_chunked_bf16(name):
-    "Vim (both directions), the Mamba-1 LM and the Mamba-2 LM through the dispatch: triton vs chunked, bf16 autocast."
+    """Vim (both directions), the Mamba-1 LM and the Mamba-2 LM through the dispatch, under bf16 autocast: the triton
+    path is compared with the chunked path at the same precision, both against the chunked path in float32. Each
+    parameter's gradient must be within 5% of float32's, or no further from it than twice the chunked bf16 path's own
+    error: bf16 leaves a few parameters with tiny gradients (e.g. 1e-7 where others are 1e-2) where either path can be
+    off by tens of percent, and the fast path must not be less accurate than the reference path, not more accurate than
+    bf16 allows."""
     need_triton("selective_scan"); need_triton("ssd_scan")
     from cab_bench.models.students import create_student
     seed_everything(0)
     m = create_student(name).to(DEV)
     inp = torch.randn(4, 3, 16, 16, device=DEV) if name.startswith("vim") else torch.randint(0, 384, (4, 64), device=DEV)
     outs = {}
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        for be in ("triton", "chunked"):
-            with use_backend(be):
-                out = m(inp, return_bc=True)
-                out.logits.float().square().mean().backward()
-                outs[be] = (out.logits.float(), [p.grad.clone() for p in m.parameters() if p.grad is not None])
-                m.zero_grad(set_to_none=True)
+    for be, amp in (("triton", True), ("chunked", True), ("ref32", False)):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp), use_backend("chunked" if be == "ref32" else be):
+            out = m(inp, return_bc=True)
+            out.logits.float().square().mean().backward()
+            outs[be] = (out.logits.float(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+            m.zero_grad(set_to_none=True)
     assert rel(outs["triton"][0], outs["chunked"][0]) < 2e-2
-    assert len(outs["triton"][1]) == len(outs["chunked"][1])
-    for gt, gc in zip(outs["triton"][1], outs["chunked"][1]):
-        assert rel(gt, gc) < 5e-2
+    assert rel(outs["triton"][0], outs["ref32"][0]) < 2e-2
+    (_, gt), (_, gc), (_, g32) = outs["triton"], outs["chunked"], outs["ref32"]
+    assert sorted(gt) == sorted(gc) == sorted(g32)
+    errs = {n: (rel(gt[n], g32[n]), rel(gc[n], g32[n])) for n in g32}
+    bad = {n: e for n, e in errs.items() if not (e[0] < 5e-2 or e[0] <= 2 * e[1])}
+    assert not bad, f"(triton bf16, chunked bf16) relative errors against float32: {bad}"
