@@ -18,12 +18,14 @@ except Exception:  # no Triton here: `triton_unavailable()` says so and dispatch
 from ..core import CabError
 
 # %% auto #0
-__all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_BC_PART_MAX', 'triton_unavailable', 'selective_scan_triton']
+__all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BC_PART_MAX', 'triton_unavailable',
+           'selective_scan_triton']
 
 # %% ../../nbs/14_ops.triton_scan.ipynb #b11b67ad
 SCAN_T = 16        # time steps per chunk: one associative scan over a (BD, N, T) tile (16 and 8 channels: fastest of 5 tried on an H200)
 SCAN_BD_MAX = 8    # channels per program (they share B and C, so their dB/dC are summed before the atomics)
-SCAN_WARPS = 4
+SCAN_WARPS = 4     # warps of a forward program
+SCAN_WARPS_BWD = 4 # warps of a backward program (it holds about twice as many (BD, N, T) tiles as the forward)
 SCAN_BC_PART_MAX = 256 << 20   # bytes: per-token dB/dC written per channel block and summed after (deterministic, no
                                # atomics) while that buffer stays this small; above it, atomic adds into one (b, G, N, L)
 
@@ -284,7 +286,7 @@ class _TritonScan(torch.autograd.Function):
             gl if gl is not None else gA, gu, gdt, gzz, gA, gB, gC, gD, gbias, gh0, l, nch, cpg,
             *u.stride(), *delta.stride(), *zz.stride(), *gout.stride(), *A.stride(), *sB, *sC,
             N=N, NP=NP, BD=bd, T=T, B_CONST=bconst, C_CONST=cconst, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_GLAST=gl is not None, BC_PART=part, num_warps=SCAN_WARPS)
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_GLAST=gl is not None, BC_PART=part, num_warps=SCAN_WARPS_BWD)
         if part:                                  # the channel blocks of a group are consecutive programs
             if not bconst: gB = gB.view(b, G, cpg // bd, N, l).sum(2)
             if not cconst: gC = gC.view(b, G, cpg // bd, N, l).sum(2)

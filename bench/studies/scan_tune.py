@@ -1,0 +1,121 @@
+"""Tuning the Triton selective scan's launch settings on a GPU: chunk length, channels per program, warps.
+
+`cab_bench.ops.triton_scan` reads `SCAN_T` (steps per chunk), `SCAN_BD_MAX` (channels per program), `SCAN_WARPS`
+(forward) and `SCAN_WARPS_BWD` (backward) at each call. This times the forward and the backward separately for every
+combination of the values below, at the shapes the workbench runs (the replication grid's `vim_fashion` step, bf16
+inputs with B and C as strided views of the x_proj output, as the Vim mixer passes them; Vim-Tiny at 197 tokens; one
+long sequence), checks each setting's outputs and gradients against the module's defaults, and writes a JSON table
+with the fastest setting per shape. The backward keeps its chunk length and channel block from the forward (its
+recomputation starts from the forward's per-chunk states), so only the warps are free per direction.
+
+    python -m bench.studies.scan_tune --out bench/results/scan_tune_h200.json            # on a GPU
+    TRITON_INTERPRET=1 python -m bench.studies.scan_tune --smoke --out /tmp/scan_tune.json  # the code path, on a CPU
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bench.benchlib import environment, measure, write_json
+
+SHAPES = {        # name: (batch, channels, length, d_state, dt_rank)
+    "vim_fashion": (128, 384, 50, 16, 12),
+    "vim_tiny": (64, 384, 197, 16, 12),
+    "long": (2, 1536, 4096, 16, 48),
+}
+GRID = dict(T=(8, 16, 32), BD_MAX=(2, 4, 8, 16), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4, 8))
+
+
+def inputs(b, d, l, N, R, dev, dtype=torch.bfloat16, seed=0):
+    "The Vim mixer's call: u, delta, z (b, d, l); B, C (b, N, l) views of one (b, l, R + 2N) projection; fp32 A, D, bias."
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g).to(dev)
+    proj = r(b, l, R + 2 * N).to(dtype)
+    _, B, C = proj.split([R, N, N], -1)
+    x = dict(u=r(b, d, l).to(dtype), delta=(r(b, d, l) * 0.5 - 1).to(dtype), A=-torch.exp(r(d, N) * 0.5 + 0.5),
+             B=B.transpose(1, 2), C=C.transpose(1, 2), D=r(d), z=r(b, d, l).to(dtype), delta_bias=r(d) * 0.1 - 3)
+    return {k: (v.requires_grad_() if v.is_leaf else v) for k, v in x.items()}
+
+
+def run_once(ts, x, gy):
+    "Forward, then the backward for cotangent gy: (y, grads)."
+    y = ts.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    leaves = [x[k] for k in ("u", "delta", "A", "D", "z", "delta_bias")]
+    return y, torch.autograd.grad(y, leaves, gy)
+
+
+def rel(a, b)->float: return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
+
+
+def tune(ts, shape:tuple, dev, grid:dict, smoke:bool)->dict:
+    """Forward alone for every (T, BD_MAX, WARPS); forward + backward for every (T, BD_MAX, WARPS_BWD) at the default
+    forward warps. Per (T, BD_MAX) the estimated step is the best forward plus the best backward (fwd_bwd - fwd)."""
+    x = inputs(*shape, dev)
+    gy = torch.randn(shape[0], shape[1], shape[2], device=dev).to(x["u"].dtype)
+    y0, g0 = run_once(ts, x, gy)                     # the module's defaults: the reference for every setting
+    w_default = ts.SCAN_WARPS
+    kw = dict(warmup=2, budget_s=0.05 if smoke else 0.3, min_reps=1 if smoke else 5)
+    det = {k: v.detach() for k, v in x.items()}
+    def fwd(): ts.selective_scan_triton(det["u"], det["delta"], det["A"], det["B"], det["C"], det["D"], det["z"],
+                                        det["delta_bias"], True)
+    def both(): run_once(ts, x, gy)
+    rows = []
+    for kind, third in (("fwd", "WARPS"), ("fwd_bwd", "WARPS_BWD")):
+        for T, bd, w in itertools.product(grid["T"], grid["BD_MAX"], grid[third]):
+            ts.SCAN_T, ts.SCAN_BD_MAX = T, bd
+            ts.SCAN_WARPS, ts.SCAN_WARPS_BWD = (w, ts.SCAN_WARPS_BWD) if kind == "fwd" else (w_default, w)
+            row = dict(kind=kind, T=T, BD_MAX=bd, **{third: w})
+            try:
+                y, g = run_once(ts, x, gy)
+                row["err"] = max([rel(y, y0)] + [rel(a, b) for a, b in zip(g, g0)])
+                m = measure(fwd if kind == "fwd" else both, dev, **kw)
+                row["ms"], row["peak_bytes"] = m["ms"], m["peak_bytes"]
+            except Exception as e:                   # a setting that does not compile (registers, shared memory)
+                row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    ok = [r for r in rows if "ms" in r and r["err"] < 1e-2]
+    est = []
+    for T, bd in itertools.product(grid["T"], grid["BD_MAX"]):
+        f = [r for r in ok if r["kind"] == "fwd" and (r["T"], r["BD_MAX"]) == (T, bd)]
+        fb = [r for r in ok if r["kind"] == "fwd_bwd" and (r["T"], r["BD_MAX"]) == (T, bd)]
+        f0 = [r for r in f if r["WARPS"] == w_default]
+        if not (f and fb and f0): continue
+        bf, bb = min(f, key=lambda r: r["ms"]), min(fb, key=lambda r: r["ms"])
+        est.append(dict(T=T, BD_MAX=bd, WARPS=bf["WARPS"], WARPS_BWD=bb["WARPS_BWD"], fwd_ms=bf["ms"],
+                        bwd_ms=bb["ms"] - f0[0]["ms"], fwd_bwd_ms=bf["ms"] + bb["ms"] - f0[0]["ms"]))
+    best = min(est, key=lambda r: r["fwd_bwd_ms"]) if est else None
+    return dict(shape=dict(zip(("batch", "d", "L", "N", "dt_rank"), shape)), rows=rows, per_block=est, best=best)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes and two settings (for Triton's interpreter)")
+    a = ap.parse_args(argv)
+    import cab_bench.ops.triton_scan as ts
+    why = ts.triton_unavailable()
+    if why: raise SystemExit(f"scan_tune: the Triton scan cannot run here: {why}")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    defaults = dict(T=ts.SCAN_T, BD_MAX=ts.SCAN_BD_MAX, WARPS=ts.SCAN_WARPS, WARPS_BWD=ts.SCAN_WARPS_BWD)
+    shapes = {"tiny": (2, 8, 21, 4, 2)} if a.smoke else {k: SHAPES[k] for k in a.shapes.split(",")}
+    grid = dict(T=(8, 16), BD_MAX=(4,), WARPS=(4,), WARPS_BWD=(4,)) if a.smoke else GRID
+    res, t0 = {}, time.time()
+    try:
+        for name, shape in shapes.items():
+            res[name] = tune(ts, shape, dev, grid, a.smoke)
+    finally:
+        for k, v in defaults.items(): setattr(ts, f"SCAN_{k}", v)
+    write_json(a.out, dict(study="scan_tune", environment=environment(), defaults=defaults, grid=grid,
+                           seconds=time.time() - t0, shapes=res))
+    for name, r in res.items(): print(name, "best:", r["best"])
+
+
+if __name__ == "__main__":
+    main()
