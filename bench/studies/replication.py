@@ -24,9 +24,16 @@ session's device time, and every method distils from the same teacher). Measured
 i.e. the GPU is the limit at ~0.1 s of kernel time a step, half of it the Triton scan's backward
 (`bench/results/profile_fashion_step_h200.json`). At that rate the vision grid (90 cells x 2,000 steps) needs ~5.5 h
 of one GPU; the parts are therefore run over several sessions, each part no longer than one session's device time.
-A cell outlives one device call (a call is limited to minutes; a cell at 12 processes takes most of an hour), so every
-cell checkpoints every 200 steps (language: 100) and a cell stopped at a call's end resumes, exactly, in the next call
-while the machine keeps its disk. Checkpointing does not change what a run computes (train's resume tests).
+A cell outlives one device call (a call is limited to minutes; a cell at 8 processes takes ~20 minutes), so every
+cell checkpoints every 200 steps (language: 100), SIGTERM makes the running cells checkpoint at their step and stop
+(`timeout -s TERM`), and the next call resumes them exactly, as long as the machine keeps its disk. Checkpointing does
+not change what a run computes (train's resume tests; tests/test_replication.py for this runner).
+
+Measured later on the same H200 (`results/replication/device_logs/`), after the scan-backward and fused-AdamW changes
+(a CAB step alone 147 ms) and under CUDA MPS (`nvidia-cuda-mps-control -d`, so that the processes' small kernels
+overlap): 10 processes ran ~1.40 steps/s each and 8 ran ~1.65-1.74, i.e. ~14 steps/s in total either way: the GPU is
+the limit from ~8 processes, and the vision grid needs ~3.6 h of it. Those first V10 cells were lost: the machine was
+released between two calls before they finished, and checkpoints do not come back from it.
 """
 from __future__ import annotations
 
