@@ -96,3 +96,49 @@ def test_sigterm_stops_with_checkpoints_and_the_next_call_resumes(tmp_path):
     assert [r["ok"] for r in again] == [True, True]
     for c in cells: _same(tmp_path / "ref" / c["config"]["run_name"], out / c["config"]["run_name"])
     assert rep.collect(out, tmp_path / "records", commit="test") == 0        # not grid cells: nothing collected
+
+
+def _record(label, frac, seed, top1, task="vision", cos_abs=0.3, teacher=0.9, part="V10"):
+    layers = [dict(layer=l, teacher_layer=l, cosine_mean=-cos_abs / 2, cosine_abs_mean=cos_abs + 0.01 * l, js_mean=0.2)
+              for l in range(3)]
+    att = dict(cosine_mean=-cos_abs / 2, cosine_abs_mean=cos_abs, js_mean=0.2, layers=layers)
+    if label == "cab": att["bridged"] = dict(bridged=dict(att, cosine_mean=0.6), kernelised=dict(att, cosine_abs_mean=0.9))
+    metric = "top1" if task == "vision" else "ppl"
+    return dict(part=part, label=label, config=dict(data_frac=frac, seed=seed, task=task),
+                metrics=dict(task=task, method=label, metric=metric, student=top1, teacher=teacher, attention=att),
+                commit="c0ffee", machine="test-gpu")
+
+
+def test_report_verdicts_follow_the_fixed_rules(tmp_path):
+    "Synthetic records with known outcomes: each verdict as the rules in make_replication's docstring say."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_replication", ROOT / "results" / "make_replication.py")
+    mr = importlib.util.module_from_spec(spec); spec.loader.exec_module(mr)
+    rec = tmp_path / "records"; rec.mkdir()
+    base = {0: 0.80, 1: 0.82, 2: 0.79}
+    rows = []
+    for s, b in base.items():
+        rows += [_record("vanilla", 0.1, s, b, cos_abs=0.20), _record("soft_kd", 0.1, s, b - 0.01 + 0.003 * s, cos_abs=0.22),
+                 _record("attn_reuse", 0.1, s, b + 0.01 * (s - 1)), _record("mohawk", 0.1, s, b + 0.02 + 0.001 * s),
+                 _record("cab", 0.1, s, b + 0.05 + 0.002 * s, cos_abs=0.35 + 0.01 * s),
+                 _record("cab_b_only", 0.1, s, b + 0.05 + 0.002 * s - 0.004, part="VABL"),
+                 _record("cab_default_init", 0.1, s, b + 0.07, part="VABL")]
+    for i, r in enumerate(rows): (rec / f"r{i}.json").write_text(json.dumps(r))
+    js = mr.main(rec, tmp_path)
+    md = (tmp_path / "REPLICATION.md").read_text()
+    verdict = {l.split(" | ")[0].lstrip("| "): l.rstrip(" |").split(" | ")[-1] for l in md.splitlines() if l.startswith("| CAB") or l.startswith("| Hedge")}
+    assert verdict["CAB Table 3, 10%: CAB above vanilla"] == "holds"            # +5 points at every seed
+    assert verdict["CAB Table 3, 10%: CAB above mohawk"] == "holds"
+    assert verdict["CAB Table 3, 10%: soft_kd above vanilla"] == "does not hold"   # below at every seed
+    assert verdict["CAB Table 3, 1%: CAB above vanilla"] == "not run yet"
+    assert verdict["CAB Table 5: A_bar ~ I init above the default (S4D) A init, 10%"] == "does not hold"
+    assert verdict["CAB Table 5: cab_b_only about equal to CAB (within 1 point), 10%"] == "holds"
+    assert verdict["CAB Table 5: cab_c_only about equal to CAB (within 1 point), 10%"] == "not run yet"
+    assert verdict["CAB Figure 3 (vision): alignment raises attention similarity"] == "holds"
+    assert verdict["CAB Figure 3 (language): alignment raises attention similarity"] == "not run yet"
+    assert verdict["HedgeMamba: the 10/90 stage split best"] == "not run yet"
+    d = js["vision"]["cab_vs_vanilla@0.1"]
+    assert d["n"] == 3 and d["wins"] == 3 and abs(d["mean"] - 5.2) < 1e-6
+    assert "CAB bridged 0.360 (plain +0.600), kernelised teacher (ceiling) 0.900" in md
+    assert sorted(js["figures"]) == ["similarity_vision.png", "vision_top1.png"]
+    for f in js["figures"]: assert (tmp_path / "replication" / "figures" / f).read_bytes()[:4] == b"\x89PNG"
