@@ -70,6 +70,7 @@ INTERP = textwrap.dedent('''
     from test_kernels import compare_scan, SCAN_OPTS
     import cab_bench.ops.triton_scan as ts
     if {part_max} is not None: ts.SCAN_BC_PART_MAX = {part_max}     # 0: per-token dB/dC by atomic adds, not per-block slices
+    ts.SCAN_BWD = {bwd!r}                                            # which backward kernel
     cases = {cases}
     for bc, b, d, l, N, opts, sp, seed in cases:
         x = random_scan_inputs(b=b, d=d, l=l, N=N, bc=bc, dtype=torch.float64, seed=seed)
@@ -84,20 +85,21 @@ INTERP = textwrap.dedent('''
 ''')
 
 
-def run_interpreted(cases, part_max=None):
+def run_interpreted(cases, part_max=None, bwd="tiles"):
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    code = INTERP.format(tests=os.path.dirname(__file__), cases=repr(cases), part_max=repr(part_max))
+    code = INTERP.format(tests=os.path.dirname(__file__), cases=repr(cases), part_max=repr(part_max), bwd=bwd)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("part_max", [None, 0])
-def test_triton_scan_interpreted_all_options(part_max):
+@pytest.mark.parametrize("bwd,part_max", [("tiles", None), ("tiles", 0), ("states", None), ("states", 0)])
+def test_triton_scan_interpreted_all_options(bwd, part_max):
     """Every option at once and none, the three B/C layouts, a partly filled chunk (tiny shapes); per-token dB/dC both
-    ways: per-block slices summed after (the default at these sizes) and atomic adds (`SCAN_BC_PART_MAX = 0`)."""
+    ways: per-block slices summed after (the default at these sizes) and atomic adds (`SCAN_BC_PART_MAX = 0`); both
+    backward kernels (`SCAN_BWD`)."""
     all_opts = ("D", "z", "delta_bias", "initial_state")
     run_interpreted([("shared", 2, 32, 37, 4, all_opts, True, 0), ("grouped", 1, 32, 5, 3, (), False, 1),
-                     ("const", 2, 4, 9, 2, all_opts, True, 2)], part_max)
+                     ("const", 2, 4, 9, 2, all_opts, True, 2)], part_max, bwd)
 
 
 @pytest.mark.slow
@@ -110,6 +112,7 @@ def test_triton_scan_interpreted_random_shapes():
         cases.append((rng.choice(["const", "shared", "grouped"]), rng.randint(1, 3), rng.choice([2, 4, 6, 12]),
                       rng.choice([1, 15, 16, 17, 33, 70]), rng.randint(1, 9), opts, rng.random() < 0.5, i))
     run_interpreted(cases)
+    run_interpreted(cases, bwd="states")
 
 
 # ---------------------------------------------------------------- CPU: fla's mapping and our backward

@@ -1,12 +1,13 @@
 """Tuning the Triton selective scan's launch settings on a GPU: chunk length, channels per program, warps.
 
 `cab_bench.ops.triton_scan` reads `SCAN_T` (steps per chunk), `SCAN_BD_MAX` (channels per program), `SCAN_WARPS`
-(forward) and `SCAN_WARPS_BWD` (backward) at each call. This times the forward and the backward separately for every
+(forward), `SCAN_WARPS_BWD` (backward) and `SCAN_BWD` / `SCAN_BWD_BD_MAX` (which backward kernel, and the 'states'
+kernel's channels per program) at each call. This times the forward and the backward separately for every
 combination of the values below, at the shapes the workbench runs (the replication grid's `vim_fashion` step, bf16
 inputs with B and C as strided views of the x_proj output, as the Vim mixer passes them; Vim-Tiny at 197 tokens; one
 long sequence), checks each setting's outputs and gradients against the module's defaults, and writes a JSON table
-with the fastest setting per shape. The backward keeps its chunk length and channel block from the forward (its
-recomputation starts from the forward's per-chunk states), so only the warps are free per direction.
+with the fastest setting per shape. The backward keeps the forward's chunk length (its recomputation starts from the
+forward's per-chunk states); the 'tiles' backward also its channel block, while the 'states' backward has its own.
 
     python -m bench.studies.scan_tune --out bench/results/scan_tune_h200.json            # on a GPU
     TRITON_INTERPRET=1 python -m bench.studies.scan_tune --smoke --out /tmp/scan_tune.json  # the code path, on a CPU
@@ -28,7 +29,7 @@ SHAPES = {        # name: (batch, channels, length, d_state, dt_rank)
     "vim_tiny": (64, 384, 197, 16, 12),
     "long": (2, 1536, 4096, 16, 48),
 }
-GRID = dict(T=(8, 16, 32), BD_MAX=(2, 4, 8, 16), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4, 8))
+GRID = dict(T=(8, 16, 32), BD_MAX=(2, 4, 8, 16), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4, 8), BWD_BD_MAX=(8, 16, 32, 64))
 
 
 def inputs(b, d, l, N, R, dev, dtype=torch.bfloat16, seed=0):
@@ -53,44 +54,60 @@ def rel(a, b)->float: return ((a.double() - b.double()).norm() / b.double().norm
 
 
 def tune(ts, shape:tuple, dev, grid:dict, smoke:bool)->dict:
-    """Forward alone for every (T, BD_MAX, WARPS); forward + backward for every (T, BD_MAX, WARPS_BWD) at the default
-    forward warps. Per (T, BD_MAX) the estimated step is the best forward plus the best backward (fwd_bwd - fwd)."""
+    """Forward alone for every (T, BD_MAX, WARPS); forward + backward for every backward kernel setting: 'tiles' with
+    (T, BD_MAX, WARPS_BWD) (it uses the forward's channel block), 'states' with (T, BWD_BD_MAX, WARPS_BWD) at the
+    default forward block; both at the default forward warps. A backward's time is fwd_bwd minus the forward at the
+    same forward settings; the estimated best step per T is the best forward plus the best backward it allows."""
     x = inputs(*shape, dev)
     gy = torch.randn(shape[0], shape[1], shape[2], device=dev).to(x["u"].dtype)
+    saved = {k: getattr(ts, k) for k in ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_WARPS_BWD", "SCAN_BWD", "SCAN_BWD_BD_MAX")}
     y0, g0 = run_once(ts, x, gy)                     # the module's defaults: the reference for every setting
-    w_default = ts.SCAN_WARPS
     kw = dict(warmup=2, budget_s=0.05 if smoke else 0.3, min_reps=1 if smoke else 5)
     det = {k: v.detach() for k, v in x.items()}
     def fwd(): ts.selective_scan_triton(det["u"], det["delta"], det["A"], det["B"], det["C"], det["D"], det["z"],
                                         det["delta_bias"], True)
     def both(): run_once(ts, x, gy)
+    settings = [dict(kind="fwd", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS=w)
+                for T, bd, w in itertools.product(grid["T"], grid["BD_MAX"], grid["WARPS"])]
+    settings += [dict(kind="fwd_bwd", SCAN_BWD="tiles", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS_BWD=w)
+                 for T, bd, w in itertools.product(grid["T"], grid["BD_MAX"], grid["WARPS_BWD"])]
+    settings += [dict(kind="fwd_bwd", SCAN_BWD="states", SCAN_T=T, SCAN_BWD_BD_MAX=bd, SCAN_WARPS_BWD=w)
+                 for T, bd, w in itertools.product(grid["T"], grid["BWD_BD_MAX"], grid["WARPS_BWD"])]
     rows = []
-    for kind, third in (("fwd", "WARPS"), ("fwd_bwd", "WARPS_BWD")):
-        for T, bd, w in itertools.product(grid["T"], grid["BD_MAX"], grid[third]):
-            ts.SCAN_T, ts.SCAN_BD_MAX = T, bd
-            ts.SCAN_WARPS, ts.SCAN_WARPS_BWD = (w, ts.SCAN_WARPS_BWD) if kind == "fwd" else (w_default, w)
-            row = dict(kind=kind, T=T, BD_MAX=bd, **{third: w})
-            try:
-                y, g = run_once(ts, x, gy)
-                row["err"] = max([rel(y, y0)] + [rel(a, b) for a, b in zip(g, g0)])
-                m = measure(fwd if kind == "fwd" else both, dev, **kw)
-                row["ms"], row["peak_bytes"] = m["ms"], m["peak_bytes"]
-            except Exception as e:                   # a setting that does not compile (registers, shared memory)
-                row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for st in settings:
+        for k, v in saved.items(): setattr(ts, k, v)
+        for k, v in st.items():
+            if k != "kind": setattr(ts, k, v)
+        row = dict(st)
+        try:
+            y, g = run_once(ts, x, gy)
+            row["err"] = max([rel(y, y0)] + [rel(a, b) for a, b in zip(g, g0)])
+            m = measure(fwd if st["kind"] == "fwd" else both, dev, **kw)
+            row["ms"], row["peak_bytes"] = m["ms"], m["peak_bytes"]
+        except Exception as e:                       # a setting that does not compile (registers, shared memory)
+            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    for k, v in saved.items(): setattr(ts, k, v)
     ok = [r for r in rows if "ms" in r and r["err"] < 1e-2]
+    fwd_at = {(r["SCAN_T"], r["SCAN_BD_MAX"]): r["ms"] for r in ok if r["kind"] == "fwd" and r["SCAN_WARPS"] == saved["SCAN_WARPS"]}
     est = []
-    for T, bd in itertools.product(grid["T"], grid["BD_MAX"]):
-        f = [r for r in ok if r["kind"] == "fwd" and (r["T"], r["BD_MAX"]) == (T, bd)]
-        fb = [r for r in ok if r["kind"] == "fwd_bwd" and (r["T"], r["BD_MAX"]) == (T, bd)]
-        f0 = [r for r in f if r["WARPS"] == w_default]
-        if not (f and fb and f0): continue
-        bf, bb = min(f, key=lambda r: r["ms"]), min(fb, key=lambda r: r["ms"])
-        est.append(dict(T=T, BD_MAX=bd, WARPS=bf["WARPS"], WARPS_BWD=bb["WARPS_BWD"], fwd_ms=bf["ms"],
-                        bwd_ms=bb["ms"] - f0[0]["ms"], fwd_bwd_ms=bf["ms"] + bb["ms"] - f0[0]["ms"]))
+    for T in grid["T"]:
+        fw = [r for r in ok if r["kind"] == "fwd" and r["SCAN_T"] == T]
+        for b in (r for r in ok if r["kind"] == "fwd_bwd" and r["SCAN_T"] == T):
+            fbd = b.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"])            # the forward block this backward ran after
+            if (T, fbd) not in fwd_at: continue
+            bwd_ms = b["ms"] - fwd_at[(T, fbd)]
+            cand = [f for f in fw if b["SCAN_BWD"] == "states" or f["SCAN_BD_MAX"] == fbd]   # 'tiles' needs the same block
+            if not cand: continue
+            f = min(cand, key=lambda r: r["ms"])
+            est.append(dict(SCAN_T=T, SCAN_BD_MAX=f["SCAN_BD_MAX"], SCAN_WARPS=f["SCAN_WARPS"], SCAN_BWD=b["SCAN_BWD"],
+                            SCAN_BWD_BD_MAX=b.get("SCAN_BWD_BD_MAX"), SCAN_WARPS_BWD=b["SCAN_WARPS_BWD"],
+                            fwd_ms=f["ms"], bwd_ms=bwd_ms, fwd_bwd_ms=f["ms"] + bwd_ms))
     best = min(est, key=lambda r: r["fwd_bwd_ms"]) if est else None
-    return dict(shape=dict(zip(("batch", "d", "L", "N", "dt_rank"), shape)), rows=rows, per_block=est, best=best)
+    default = next((r["ms"] for r in ok if r["kind"] == "fwd_bwd" and all(r.get(k, saved[k]) == saved[k] for k in saved)), None)
+    return dict(shape=dict(zip(("batch", "d", "L", "N", "dt_rank"), shape)), rows=rows, estimates=est, best=best,
+                default_fwd_bwd_ms=default)
 
 
 def main(argv=None):
@@ -103,18 +120,18 @@ def main(argv=None):
     why = ts.triton_unavailable()
     if why: raise SystemExit(f"scan_tune: the Triton scan cannot run here: {why}")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    defaults = dict(T=ts.SCAN_T, BD_MAX=ts.SCAN_BD_MAX, WARPS=ts.SCAN_WARPS, WARPS_BWD=ts.SCAN_WARPS_BWD)
+    defaults = {k: getattr(ts, k) for k in ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_WARPS_BWD", "SCAN_BWD", "SCAN_BWD_BD_MAX")}
     shapes = {"tiny": (2, 8, 21, 4, 2)} if a.smoke else {k: SHAPES[k] for k in a.shapes.split(",")}
-    grid = dict(T=(8, 16), BD_MAX=(4,), WARPS=(4,), WARPS_BWD=(4,)) if a.smoke else GRID
+    grid = dict(T=(8, 16), BD_MAX=(4,), WARPS=(4,), WARPS_BWD=(4,), BWD_BD_MAX=(4, 8)) if a.smoke else GRID
     res, t0 = {}, time.time()
     try:
         for name, shape in shapes.items():
             res[name] = tune(ts, shape, dev, grid, a.smoke)
     finally:
-        for k, v in defaults.items(): setattr(ts, f"SCAN_{k}", v)
+        for k, v in defaults.items(): setattr(ts, k, v)
     write_json(a.out, dict(study="scan_tune", environment=environment(), defaults=defaults, grid=grid,
                            seconds=time.time() - t0, shapes=res))
-    for name, r in res.items(): print(name, "best:", r["best"])
+    for name, r in res.items(): print(name, "defaults:", r["default_fwd_bwd_ms"], "ms; best:", r["best"])
 
 
 if __name__ == "__main__":

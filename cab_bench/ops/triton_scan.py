@@ -18,14 +18,17 @@ except Exception:  # no Triton here: `triton_unavailable()` says so and dispatch
 from ..core import CabError
 
 # %% auto #0
-__all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BC_PART_MAX', 'triton_unavailable',
-           'selective_scan_triton']
+__all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BWD', 'SCAN_BWD_BD_MAX', 'SCAN_BC_PART_MAX',
+           'triton_unavailable', 'selective_scan_triton']
 
 # %% ../../nbs/14_ops.triton_scan.ipynb #b11b67ad
 SCAN_T = 16        # time steps per chunk: one associative scan over a (BD, N, T) tile (16 and 8 channels: fastest of 5 tried on an H200)
 SCAN_BD_MAX = 8    # channels per program (they share B and C, so their dB/dC are summed before the atomics)
 SCAN_WARPS = 4     # warps of a forward program
 SCAN_WARPS_BWD = 4 # warps of a backward program (it holds about twice as many (BD, N, T) tiles as the forward)
+SCAN_BWD = "tiles" # the backward kernel: 'tiles' (all N states at once in (BD, N, T) tiles) or 'states' (one state at a time
+                   # in (BD, T) tiles, as mamba-ssm's CUDA kernel loops over states; fewer registers, more channels a program)
+SCAN_BWD_BD_MAX = 32   # channels per program of the 'states' backward
 SCAN_BC_PART_MAX = 256 << 20   # bytes: per-token dB/dC written per channel block and summed after (deterministic, no
                                # atomics) while that buffer stays this small; above it, atomic adds into one (b, G, N, L)
 
@@ -206,6 +209,110 @@ if triton is not None:
         if B_CONST: tl.atomic_add(gB_ptr + ch[:, None] * N + n[None, :], gBk, mask=nm[None, :])
         if C_CONST: tl.atomic_add(gC_ptr + ch[:, None] * N + n[None, :], gCk, mask=nm[None, :])
 
+    @triton.jit
+    def _ss_bwd_states(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, gout_ptr, glast_ptr,
+        gu_ptr, gdt_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, gh0_ptr,
+        L, NCH, CPG,
+        s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_Ad, s_An,
+        s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+        N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+        B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GLAST: tl.constexpr, BC_PART: tl.constexpr,
+    ):
+        "`_ss_bwd` one state at a time: (BD, T) tiles; per-state carries and sums kept as columns of (BD, NP) tiles."
+        pb, pd = tl.program_id(0), tl.program_id(1)
+        ch = pd * BD + tl.arange(0, BD)
+        grp = (pd * BD) // CPG
+        n = tl.arange(0, NP)
+        tt = tl.arange(0, T)
+        d_all = tl.num_programs(1) * BD
+        row = pb * d_all + ch                                            # (BD,) (batch, channel) rows
+        st = row[:, None] * NP + n[None, :]
+        Dv = tl.zeros([BD], tl.float32)
+        if HAS_D: Dv = tl.load(D_ptr + ch).to(tl.float32)
+        bias = tl.zeros([BD], tl.float32)
+        if HAS_BIAS: bias = tl.load(bias_ptr + ch).to(tl.float32)
+        carry = tl.zeros([BD, NP], tl.float32)                           # dLoss/dh at the chunk's end, per state
+        if HAS_GLAST: carry = tl.load(glast_ptr + st)
+        gA = tl.zeros([BD, NP], tl.float32)
+        gh0 = tl.zeros([BD, NP], tl.float32)
+        gBk = tl.zeros([BD, NP], tl.float32)
+        gCk = tl.zeros([BD, NP], tl.float32)
+        gD = tl.zeros([BD], tl.float32)
+        gbias = tl.zeros([BD], tl.float32)
+        first = tt[None, :] == 0
+        for cc in range(0, NCH):
+            c = NCH - 1 - cc
+            t = c * T + tt
+            tm = t < L
+            t1 = t + 1
+            tm1 = t1 < L
+            off_g = row[:, None] * L + t[None, :]                         # the gradients are contiguous (b, d, L)
+            u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
+            dt, ddt_raw = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+            dt1, _ = _steps(dt_ptr, bias, t1, tm1, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+            go = tl.load(gout_ptr + pb * s_gb + ch[:, None] * s_gd + t[None, :] * s_gl, mask=tm[None, :], other=0.0).to(tl.float32)
+            if HAS_Z:
+                z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
+                sz = tl.sigmoid(z)
+                gy = go * z * sz
+            else:
+                gy = go
+            dtu = dt * u
+            gdt_acc = tl.zeros([BD, T], tl.float32)
+            gu_acc = tl.zeros([BD, T], tl.float32)
+            yacc = tl.zeros([BD, T], tl.float32)
+            for k in range(0, N):
+                col = n[None, :] == k
+                A_k = tl.load(A_ptr + ch * s_Ad + k * s_An).to(tl.float32)[:, None]          # (BD, 1)
+                if B_CONST: Bk = tl.load(B_ptr + ch * s_Bg + k * s_Bn).to(tl.float32)[:, None]
+                else: Bk = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + k * s_Bn + t * s_Bl, mask=tm, other=0.0).to(tl.float32)[None, :]
+                if C_CONST: Ck = tl.load(C_ptr + ch * s_Cg + k * s_Cn).to(tl.float32)[:, None]
+                else: Ck = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + k * s_Cn + t * s_Cl, mask=tm, other=0.0).to(tl.float32)[None, :]
+                h_in = tl.load(ck_ptr + (row * NCH + c) * NP + k)            # state k entering the chunk
+                a = tl.exp(dt * A_k)
+                x = dtu * Bk
+                ac, xc = tl.associative_scan((a, x), 1, _compose)
+                hs = ac * h_in[:, None] + xc
+                if HAS_Z: yacc += hs * Ck
+                an = tl.exp(dt1 * A_k)
+                ga, gb = tl.associative_scan((an, Ck * gy), 1, _compose, reverse=True)
+                g = ga * tl.sum(tl.where(col, carry, 0.0), 1)[:, None] + gb    # dLoss/dh_t of state k
+                carry = tl.where(col, tl.sum(tl.where(first, g, 0.0), 1)[:, None], carry)
+                gh0 = tl.where(col, tl.sum(tl.where(first, a * g, 0.0), 1)[:, None], gh0)   # kept from the first chunk
+                hp = hs - x                                                  # A_bar_t h_{t-1}
+                gB_ = g * Bk
+                gdt_acc += g * hp * A_k + gB_ * u
+                gu_acc += gB_ * dt
+                gA += tl.where(col, tl.sum(g * hp * dt, 1)[:, None], 0.0)
+                if B_CONST: gBk += tl.where(col, tl.sum(g * dtu, 1)[:, None], 0.0)
+                else:
+                    gBt = tl.sum(g * dtu, 0)                                 # (T,): the block's channels summed first
+                    if BC_PART: tl.store(gB_ptr + ((pb * tl.num_programs(1) + pd) * N + k) * L + t, gBt, mask=tm)
+                    else: tl.atomic_add(gB_ptr + ((pb * (d_all // CPG) + grp) * N + k) * L + t, gBt, mask=tm)
+                if C_CONST: gCk += tl.where(col, tl.sum(hs * gy, 1)[:, None], 0.0)
+                else:
+                    gCt = tl.sum(hs * gy, 0)
+                    if BC_PART: tl.store(gC_ptr + ((pb * tl.num_programs(1) + pd) * N + k) * L + t, gCt, mask=tm)
+                    else: tl.atomic_add(gC_ptr + ((pb * (d_all // CPG) + grp) * N + k) * L + t, gCt, mask=tm)
+            if HAS_Z:
+                pre = yacc + Dv[:, None] * u                                 # output before the gate
+                tl.store(gz_ptr + off_g, (go * pre * sz * (1.0 + z * (1.0 - sz))).to(gz_ptr.dtype.element_ty), mask=tm[None, :])
+            if HAS_D: gD += tl.sum(gy * u, 1)
+            gu = gu_acc + gy * Dv[:, None]
+            gdt = tl.where(tm[None, :], gdt_acc * ddt_raw, 0.0)
+            gbias += tl.sum(gdt, 1)
+            tl.store(gu_ptr + off_g, gu.to(gu_ptr.dtype.element_ty), mask=tm[None, :])
+            tl.store(gdt_ptr + off_g, gdt.to(gdt_ptr.dtype.element_ty), mask=tm[None, :])
+        tl.store(gA_ptr + st, gA)
+        tl.store(gh0_ptr + st, gh0)
+        tl.store(gD_ptr + row, gD)
+        tl.store(gbias_ptr + row, gbias)
+        nm = n < N
+        if B_CONST: tl.atomic_add(gB_ptr + ch[:, None] * N + n[None, :], gBk, mask=nm[None, :])
+        if C_CONST: tl.atomic_add(gC_ptr + ch[:, None] * N + n[None, :], gCk, mask=nm[None, :])
+
 # %% ../../nbs/14_ops.triton_scan.ipynb #70fb0ee6
 def _bc_view(X:torch.Tensor, name:str, b:int, d:int, l:int)->tuple[torch.Tensor, bool, tuple]:
     "B or C as (tensor, constant?, (s_b, s_g, s_n, s_l)); per-token ones as (b, G, N, L) views (no copy)."
@@ -218,10 +325,10 @@ def _bc_view(X:torch.Tensor, name:str, b:int, d:int, l:int)->tuple[torch.Tensor,
                        f"d={d}, batch={b}, L={l}; got {tuple(X.shape)}")
     return X, False, X.stride()
 
-def _block(cpg:int)->int:
-    "Channels per program: the largest power of two up to `SCAN_BD_MAX` dividing the channels of one group."
-    bd = 1
-    while bd * 2 <= SCAN_BD_MAX and cpg % (bd * 2) == 0: bd *= 2
+def _block(cpg:int, most:int|None=None)->int:
+    "Channels per program: the largest power of two up to `most` (default `SCAN_BD_MAX`) dividing the channels of one group."
+    bd, most = 1, SCAN_BD_MAX if most is None else most
+    while bd * 2 <= most and cpg % (bd * 2) == 0: bd *= 2
     return bd
 
 class _TritonScan(torch.autograd.Function):
@@ -274,6 +381,9 @@ class _TritonScan(torch.autograd.Function):
         gz = z.new_empty(b, d, l) if z is not None else None
         gA, gh0 = torch.empty(b, d, NP, **f32), torch.empty(b, d, NP, **f32)
         gD, gbias = torch.empty(b, d, **f32), torch.empty(b, d, **f32)
+        if SCAN_BWD not in ("tiles", "states"): raise CabError(f"SCAN_BWD must be 'tiles' or 'states'; got {SCAN_BWD!r}")
+        kern = _ss_bwd_states if SCAN_BWD == "states" else _ss_bwd
+        if SCAN_BWD == "states": bd = _block(cpg, SCAN_BWD_BD_MAX)      # its own channel block (the checkpoints are per channel)
         # per-token dB/dC: one slice per channel block, summed below (no atomics) unless that buffer would be large
         part = (not bconst or not cconst) and b * (d // bd) * N * l * 4 * (2 - bconst - cconst) <= SCAN_BC_PART_MAX
         tok = (b, d // bd, N, l) if part else (b, G, N, l)
@@ -281,7 +391,7 @@ class _TritonScan(torch.autograd.Function):
         gC = torch.zeros(d, N, **f32) if cconst else (torch.empty if part else torch.zeros)(tok, **f32)
         zz = z if z is not None else u
         gzz = gz if gz is not None else gu
-        _ss_bwd[(b, d // bd)](
+        kern[(b, d // bd)](
             u, delta, A, Bv, Cv, D if D is not None else u, zz, delta_bias if delta_bias is not None else u, ck, gout,
             gl if gl is not None else gA, gu, gdt, gzz, gA, gB, gC, gD, gbias, gh0, l, nch, cpg,
             *u.stride(), *delta.stride(), *zz.stride(), *gout.stride(), *A.stride(), *sB, *sC,
