@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import io
 import json
 import math
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .core import CabError, bad_value, check_choice, check_range, resolve_device, seed_everything
+from .core import CabError, bad_value, check_choice, check_range, did_you_mean, resolve_device, seed_everything
 from .guard import file_sha256
 from .train import TrainConfig
 
@@ -120,9 +119,7 @@ def flat_names()->dict:
     return out
 
 def _unknown(k:str, known)->CabError:
-    near = difflib.get_close_matches(str(k), list(known), n=1)
-    return CabError(f"unknown setting {k!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
-                    + f"; the settings are: {', '.join(known)}.")
+    return CabError(f"unknown setting {k!r}{did_you_mean(k, known)}; the settings are: {', '.join(known)}.")
 
 @dataclass(init=False)
 class DistillConfig:

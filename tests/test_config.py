@@ -90,7 +90,9 @@ def test_misspelled_setting_is_named(tmp_path):
 def test_misspelled_method_option_is_named(tiny, tmp_path):
     cfg = DistillConfig(teacher=tiny["vision"], student="vim_test", method="cab", method_opts={"lambda_algn": 1.0},
                         max_steps=2, batch_size=8, device="cpu", out_dir=str(tmp_path / "runs"))
-    refused(cfg, "lambda_algn", "'lambda_align'")
+    refused(cfg, "cab option 'lambda_algn'", "(did you mean 'lambda_align'?)")
+    with pytest.raises(CabError, match=r"method='cabb' .* \(did you mean 'cab'\?\)"):    # the method's name likewise
+        run(cfg.replace(method="cabb", method_opts={}))
 
 
 def test_seq_len_above_teacher_context(tiny, tmp_path):
