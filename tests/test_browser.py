@@ -83,7 +83,10 @@ def lab(tmp_path):
     env = {**{k: v for k, v in os.environ.items() if k != "IN_TEST"}, **mode,
            "JUPYTERLAB_SETTINGS_DIR": str(home / "lab-settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_CONFIG_DIR": str(home / "config"),
-           "JUPYTER_DATA_DIR": str(home / "data")}
+           "JUPYTER_DATA_DIR": str(home / "data"),
+           # the kernel's quick runs share the 2 cores of a small machine with chromium and the server: one torch
+           # thread (two, fighting them, made this test take 4 minutes instead of half of one)
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     log = open(tmp_path / "jupyter.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
