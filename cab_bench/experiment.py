@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from .core import CabError, bad_value, did_you_mean
-from .runs import (DistillConfig, RunDir, content_identity, default_settings, flat_names, prepare, repeat_to, setting_docs,
-                            student_task)
+from .runs import (DistillConfig, RunDir, content_identity, default_settings, flat_names, in_run_context, prepare, repeat_to,
+                            setting_docs, student_task)
 
 # %% auto #0
 __all__ = ['evaluate_logits', 'to_terminal', 'announce', 'TerminalProgress', 'parameters_source', 'check_injected',
@@ -154,6 +154,7 @@ def from_root(path)->Path:
     cwd = Path.cwd()
     return (cwd.parent if cwd.name == "nbs" else cwd) / p
 
+@in_run_context      # the run's backend, torch_compile, chunk_elems and data_root hold for all it does
 def run(
     cfg:DistillConfig|dict,
     prepared:dict|None=None,   # what `prepare(cfg)` returned, when the caller already built it (e.g. to fail early)

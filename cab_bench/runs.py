@@ -25,14 +25,16 @@ import torch
 
 from .core import CabError, bad_value, check_choice, check_range, did_you_mean, resolve_device, seed_everything
 from .guard import file_sha256
+from .ops.backend import BACKENDS
 from .train import TrainConfig
 
 # %% auto #0
 __all__ = ['TASK_DEFAULTS', 'RUN_TRAINING', 'NODES', 'PARAMETER_ORDER', 'WEIGHT_SUFFIXES', 'CONFIG', 'METRICS', 'TRAIN',
            'FIGURES', 'LOCK', 'CONTENT', 'RUN_FILES', 'NOT_IDENTITY', 'IMPLICIT', 'OutputSettings', 'DataSettings',
            'ModelSettings', 'MethodSettings', 'flat_names', 'DistillConfig', 'setting_docs', 'default_settings',
-           'write_json', 'read_json', 'teacher_files', 'teacher_sha256', 'content_identity', 'repeat_to',
-           'student_task', 'teacher_context', 'prepare', 'identity', 'RunDir', 'run_problem', 'find_runs']
+           'write_json', 'read_json', 'teacher_files', 'teacher_sha256', 'content_identity', 'run_context',
+           'in_run_context', 'repeat_to', 'student_task', 'teacher_context', 'prepare', 'identity', 'RunDir',
+           'run_problem', 'find_runs']
 
 # %% ../nbs/55_runs.ipynb #f9c2f1bb
 TASK_DEFAULTS = {
@@ -74,11 +76,16 @@ class DataSettings:
     data_frac:float = 0.1             # fraction of the training set, in (0, 1]
     augment:bool|dict = True          # training-time augmentation of the train split; digits: or a dict like {"rotate": 0}
     seq_len:int = 128                 # language: tokens per training block (at most the teacher's context)
+    doc_root:str|None = None          # 'docs' data: the folder holding the Debian documentation; None: $CAB_BENCH_DOC_ROOT, else data.doc_root()'s
+    cache_dir:str|None = None         # language: the token cache folder; None: $CAB_BENCH_CACHE, else data.default_cache_dir()'s
     def __post_init__(self):
         _check("data", self.data, (str, type(None)), lambda v: v is None or _spec(v), "a data spec (or None)")
         _check("data_frac", self.data_frac, (int, float), lambda v: 0 < v <= 1, "a number in (0, 1]")
         _check("augment", self.augment, (bool, dict), None, "True, False, or a dict of augmentation settings (digits: shift, rotate, scale)")
         _check("seq_len", self.seq_len, int, lambda v: v > 1, "an int > 1")
+        for k in ("doc_root", "cache_dir"):
+            _check(k, getattr(self, k), (str, os.PathLike, type(None)), lambda v: v is None or bool(str(v)), "a folder path (or None)")
+            if getattr(self, k) is not None: setattr(self, k, str(getattr(self, k)))
 
 @dataclass
 class ModelSettings:
@@ -90,11 +97,20 @@ class ModelSettings:
     teacher_opts:dict = field(default_factory=dict)   # model keyword arguments for the teacher (e.g. num_classes)
     student_opts:dict = field(default_factory=dict)   # overrides of the student's registered sizes
     eval_teacher:bool = True          # also evaluate the teacher on the validation set
+    data_root:str|None = None         # where `default:` teachers are read from (a folder holding teachers/<name>/); None: $CAB_BENCH_DATA, else the package's data/
+    backend:str|None = None           # the ops' implementation for the whole run, one of cab_bench.ops.BACKENDS; None: the process default (ops.use_backend, $CAB_BENCH_BACKEND)
+    torch_compile:bool|None = None    # CUDA: run the chunked scans through torch.compile (False: eager; may round differently); None: on unless $CAB_BENCH_COMPILE=0
+    chunk_elems:int|None = None       # elements of one working tensor of the chunked scans (sets their chunk length); None: $CAB_BENCH_CHUNK_ELEMS, else each op's own budget
     def __post_init__(self):
         for n in ("teacher", "student"):
             _check(n, getattr(self, n), (str, type(None)), lambda v: v is None or _spec(v), f"a {n} name (or None)")
         for n in ("pretrained", "trust_remote_code", "eval_teacher"): _check(n, getattr(self, n), bool, None, "True or False")
         for n in ("teacher_opts", "student_opts"): _check(n, getattr(self, n), dict, None, "a dict")
+        if self.backend is not None: check_choice("backend", self.backend, BACKENDS)
+        _check("torch_compile", self.torch_compile, (bool, type(None)), None, "True, False or None")
+        _check("chunk_elems", self.chunk_elems, (int, type(None)), lambda v: v is None or v >= 1, "a positive int (or None)")
+        _check("data_root", self.data_root, (str, os.PathLike, type(None)), lambda v: v is None or bool(str(v).strip()), "a folder path (or None)")
+        if self.data_root is not None: self.data_root = str(self.data_root)
 
 @dataclass
 class MethodSettings:
@@ -258,6 +274,25 @@ def content_identity(cfg:DistillConfig, prepared:dict)->dict:
     return dict(teacher_sha256=teacher_sha256(cfg.teacher), data=data, code=cab_bench.__version__)
 
 # %% ../nbs/55_runs.ipynb #c206d9b4
+import contextlib, functools
+
+@contextlib.contextmanager
+def run_context(cfg:DistillConfig):
+    """The process-wide defaults a run's settings name, for the block: the ops' backend, `torch_compile`, `chunk_elems`
+    (`ops.use_ops`) and where `default:` teachers are read (`data_root`, `models.teachers.use_data_root`). A setting
+    left None keeps the process default ($CAB_BENCH_BACKEND, $CAB_BENCH_COMPILE, $CAB_BENCH_CHUNK_ELEMS, $CAB_BENCH_DATA)."""
+    from cab_bench.ops import use_ops
+    from cab_bench.models.teachers import use_data_root
+    with use_ops(backend=cfg.backend, torch_compile=cfg.torch_compile, chunk_elems=cfg.chunk_elems), use_data_root(cfg.data_root):
+        yield
+
+def in_run_context(fn):
+    "Decorate `fn(cfg, ...)` (cfg: a `DistillConfig` or its flat dict) to run inside `run_context(cfg)`."
+    @functools.wraps(fn)
+    def wrapper(cfg, *args, **kw):
+        with run_context(DistillConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg): return fn(cfg, *args, **kw)
+    return wrapper
+
 def repeat_to(ds, n:int):
     """`ds` itself when it holds at least `n` items, else `ds` repeated whole (k times) until it does.
 
@@ -293,9 +328,11 @@ def _student_overrides(cfg:DistillConfig, teacher, bundle)->dict:
         o.update(vocab_size=teacher.vocab_size)
     return {**o, **cfg.student_opts}
 
+@in_run_context
 def prepare(cfg:DistillConfig)->dict:
     "The validation pass and everything a run needs: teacher, data, student, method, device; nothing is written."
     from cab_bench.models import STUDENTS, create_student, load_teacher, parse_teacher_spec
+    from cab_bench.ops import backend_report
     from cab_bench.distill import build_method, method_names
     from cab_bench.data import Augmented, build_datasets, subset
     out = Path(cfg.output.out_dir)
@@ -309,6 +346,7 @@ def prepare(cfg:DistillConfig)->dict:
     teacher_sha256(cfg.teacher)                                  # a bundled teacher's files must match its provenance
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    if cfg.backend is not None: backend_report(device, cfg.backend)   # a backend that cannot run here: named now
     teacher = load_teacher(cfg.teacher, pretrained=cfg.pretrained, trust_remote_code=cfg.trust_remote_code, **cfg.teacher_opts)
     if teacher.kind != cfg.task:
         raise bad_value("teacher", cfg.teacher, f"a {cfg.task} teacher for task={cfg.task!r} (this one is a {teacher.kind} model)")
@@ -316,7 +354,8 @@ def prepare(cfg:DistillConfig)->dict:
     if ctx is not None and cfg.seq_len > ctx:
         raise bad_value("seq_len", cfg.seq_len, f"at most the teacher's context, {ctx} tokens ({cfg.teacher})")
     bundle = build_datasets(cfg.data, cfg.task, seq_len=cfg.seq_len, augment=cfg.augment, tokenizer=teacher.tokenizer if cfg.task == "language" else None,
-                            data_config=teacher.data_config if cfg.task == "vision" else None)
+                            data_config=teacher.data_config if cfg.task == "vision" else None,
+                            cache_dir=cfg.cache_dir, doc_root=cfg.doc_root)
     sub = subset(bundle.train, cfg.data_frac, cfg.seed)
     student = create_student(cfg.student, **_student_overrides(cfg, teacher, bundle))
     method = build_method(cfg.method, teacher, student, **cfg.method_opts)
@@ -330,7 +369,8 @@ except ImportError: fcntl = None
 
 CONFIG, METRICS, TRAIN, FIGURES, LOCK, CONTENT = "config.json", "metrics.json", "train", "figures", "lock", "content.json"
 RUN_FILES = (CONFIG, METRICS, f"{TRAIN}/latest")
-NOT_IDENTITY = ("out_dir", "analysis_samples", "progress")   # where the run is and how it is reported: not what it is
+NOT_IDENTITY = ("out_dir", "analysis_samples", "progress",   # where the run is and how it is reported: not what it is
+                "doc_root", "cache_dir", "data_root")         # where its data and teacher are read, tokens cached (content.json has what they are)
 
 def identity(flat:dict)->dict:
     "The settings that make a run what it is: the flat config without `NOT_IDENTITY`, JSON-normalised."
@@ -338,7 +378,8 @@ def identity(flat:dict)->dict:
 
 # settings config.json did not hold before, with the value every run then used (augment is not one: runs before it
 # trained on plain images, so a file without it is a different run from an augmented one)
-IMPLICIT = dict(betas=[0.9, 0.999], eval_batches=None, log_every=10, keep_ckpts=2, resume=True)
+IMPLICIT = dict(betas=[0.9, 0.999], eval_batches=None, log_every=10, keep_ckpts=2, resume=True, backend=None,
+                torch_compile=None, chunk_elems=None)
 _MISSING = object()
 
 @dataclass
