@@ -18,15 +18,17 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .core import CabError, bad_value, check_choice, check_range
-from .models.mamba import Mamba1Mixer, Mamba2Mixer, effective_attention
+from .models.mamba import Mamba1Mixer, Mamba2Mixer, effective_attention, up
+from .distill.cab import teacher_kernel
 from .distill.core import layer_map, to_student_tokens
 from .runs import RUN_FILES, RunDir, find_runs, prepare, run_problem
 
 # %% auto #0
 __all__ = ['METRICS', 'COLORS', 'METRIC_NAMES', 'Run', 'load_run', 'validation_inputs', 'student_mixers', 'mixer_inputs',
            'AttentionMaps', 'attention_maps', 'cosine_similarity', 'row_distributions', 'js_divergence',
-           'layer_similarity', 'attention_similarity', 'attention_report', 'figure_png', 'plot_similarity',
-           'plot_attention', 'plot_query_rows', 'read_log', 'plot_training']
+           'layer_similarity', 'attention_similarity', 'attention_report', 'bridged_attention_maps',
+           'bridged_similarity', 'bridged_report', 'figure_png', 'plot_similarity', 'plot_attention', 'plot_query_rows',
+           'read_log', 'plot_training']
 
 # %% ../nbs/60_analysis.ipynb #e9702d4e
 @dataclass
@@ -223,6 +225,13 @@ def attention_similarity(
     parts = [layer_similarity(attention_maps(teacher, student, x[i:i + batch_size], direction)) for i in range(0, len(x), batch_size)]
     return {**parts[0], **{m: np.concatenate([p[m] for p in parts], 1) for m in METRICS}}
 
+def _summary(s:dict)->dict:
+    "Means (and per-layer mean/std) of `layer_similarity`-shaped arrays, JSON-ready."
+    stats = lambda a: {"_mean": float(np.mean(a)), "_std": float(np.std(a))}
+    layers = [dict(layer=l, teacher_layer=int(g), **{m + k: v for m in METRICS for k, v in stats(s[m][l]).items()})
+              for l, g in zip(s["layers"], s["teacher_layers"])]
+    return {**{m + "_mean": float(np.mean(s[m])) for m in METRICS}, "layers": layers}
+
 def attention_report(
     teacher:nn.Module,          # the run's teacher
     student:nn.Module,          # the trained student (`method.student`: HedgeMamba builds its own)
@@ -237,11 +246,90 @@ def attention_report(
     if x.dtype in (torch.int64, torch.int32) and max_tokens is not None:
         check_range("max_tokens", max_tokens, 1, kind=int); x = x[:, :max_tokens]
     s = attention_similarity(teacher, student, x, direction)
-    stats = lambda a: {"_mean": float(np.mean(a)), "_std": float(np.std(a))}
-    layers = [dict(layer=l, teacher_layer=int(g), **{m + k: v for m in METRICS for k, v in stats(s[m][l]).items()})
-              for l, g in zip(s["layers"], s["teacher_layers"])]
     return dict(n_samples=int(x.shape[0]), n_tokens=s["n_tokens"], n_heads=int(s["cosine"].shape[2]), pairing=s["pairing"],
-                mixer=s["mixer"], direction=s["direction"], **{m + "_mean": float(np.mean(s[m])) for m in METRICS}, layers=layers)
+                mixer=s["mixer"], direction=s["direction"], **_summary(s))
+
+# %% ../nbs/60_analysis.ipynb #4cc36f30
+def _heads(t:torch.Tensor, n_heads:int)->torch.Tensor:
+    "(b, n, n_heads * d) -> (b, n_heads, n, d)."
+    b, n, f = t.shape
+    return t.reshape(b, n, n_heads, f // n_heads).transpose(1, 2)
+
+def _head_products(q:torch.Tensor, k:torch.Tensor, H:int, H_kv:int, causal:bool)->torch.Tensor:
+    "Per query head h: q_h . k_{kv(h)}^T, (b, H, n, n); keys repeated over the query heads of their group; causal: lower triangle."
+    qh, kh = _heads(q, H), _heads(k, H_kv).repeat_interleave(H // H_kv, 1)
+    M = qh @ kh.transpose(-1, -2)
+    return M.tril() if causal else M
+
+@torch.no_grad()
+def bridged_attention_maps(
+    module:nn.Module,           # a CAB `DistillModule` (its `bridge`, teacher and student), e.g. `load_run(...).module`
+    x:torch.Tensor,             # (b, C, H, W) images or (b, n) token ids
+)->tuple:                       # (bridged vs teacher attention, kernelised vs teacher attention): two `AttentionMaps`
+    "CAB's bridged attention phi_C(C).phi_B(B)^T and the kernelised teacher attention, per layer and teacher head."
+    bridge = getattr(module, "bridge", None)
+    if bridge is None: raise bad_value("module", type(module).__name__, "a CAB DistillModule (one with a `bridge`)")
+    if not ("B" in bridge.names() and "C" in bridge.names()):
+        raise CabError(f"the bridge aligns only {bridge.parts}: the bridged attention needs both phi_B and phi_C")
+    teacher, student = module.teacher, module.student
+    kernel = module.settings.get("kernel", "softmax")
+    H, H_kv, causal = teacher.num_heads, teacher.num_kv_heads, teacher.kind == "language"
+    was = student.training
+    student.train(False)
+    try:
+        dev = next(student.parameters()).device
+        out = student(x.to(dev), return_bc=True)
+    finally: student.train(was)
+    t = teacher(x.to(next(teacher.parameters()).device), capture=("q", "k", "attn"))
+    index = module.token_index
+    g = layer_map(len(out.bc), len(t.q))
+    T, K, S = [], [], []
+    for l, aux in enumerate(out.bc):
+        j = g[l]
+        q, k = (to_student_tokens(v[j], index).float() for v in (t.q, t.k))
+        K.append(_head_products(teacher_kernel(q, "q", kernel), teacher_kernel(k, "k", kernel), H, H_kv, causal).cpu().numpy())
+        T.append(to_student_tokens(to_student_tokens(t.attn[j], index, 2), index, 3).float().cpu().numpy())
+        dirs = [sfx for sfx in ("", "_b") if "B" + sfx in bridge.names() and "B" + sfx in aux]
+        Ms = []
+        for sfx in dirs:
+            Bx, Cx = (up(aux[p + sfx]) for p in ("B", "C"))
+            if sfx == "_b": Bx, Cx = Bx.flip(1), Cx.flip(1)         # the backward scan's B/C: back to token order
+            Ms.append(_head_products(bridge("C" + sfx, l, Cx), bridge("B" + sfx, l, Bx), H, H_kv, causal))
+        S.append((sum(Ms) / len(Ms)).float().cpu().numpy())
+    mixer = "mamba1" if isinstance(student_mixers(student)[0], Mamba1Mixer) else "mamba2"
+    direction = "both" if len(dirs) == 2 else "fwd"
+    tok = [[str(i) for i in range(T[0].shape[-1])]] * x.shape[0]
+    return (AttentionMaps(T, S, g, tok, mixer, direction, "head"), AttentionMaps(T, K, g, tok, mixer, direction, "head"))
+
+def bridged_similarity(
+    module:nn.Module,           # a CAB `DistillModule`
+    x:torch.Tensor,             # inputs, (b, ...)
+    batch_size:int=4,           # samples per forward
+)->dict:                        # {'bridged': ..., 'bridged_vs_kernelised': ..., 'kernelised': ...}, each `layer_similarity`'s arrays
+    "`layer_similarity` of the bridged attention against the teacher's and the kernelised attention, and of kernelised vs teacher."
+    check_range("batch_size", batch_size, 1, kind=int)
+    parts = {"bridged": [], "bridged_vs_kernelised": [], "kernelised": []}
+    for i in range(0, len(x), batch_size):
+        bt, kt = bridged_attention_maps(module, x[i:i + batch_size])
+        parts["bridged"].append(layer_similarity(bt))
+        parts["kernelised"].append(layer_similarity(kt))
+        parts["bridged_vs_kernelised"].append(layer_similarity(AttentionMaps(kt.student, bt.student, bt.layer_map, bt.tokens,
+                                                                             bt.mixer, bt.direction, "head")))
+    return {k: {**v[0], **{m: np.concatenate([p[m] for p in v], 1) for m in METRICS}} for k, v in parts.items()}
+
+def bridged_report(
+    module:nn.Module,           # a CAB `DistillModule`
+    data,                       # validation dataset of (input, target) items, or a batch of inputs
+    n_samples:int=8,
+    max_tokens:int|None=128,    # language: inputs cut to their first max_tokens tokens
+)->dict:                        # JSON-serialisable: one summary per comparison of `bridged_similarity`
+    "`bridged_similarity` summarised as `attention_report` does (means over samples and heads, per layer)."
+    check_range("n_samples", n_samples, 1, kind=int)
+    x = data[:n_samples] if torch.is_tensor(data) else validation_inputs(data, n_samples)
+    if x.dtype in (torch.int64, torch.int32) and max_tokens is not None:
+        check_range("max_tokens", max_tokens, 1, kind=int); x = x[:, :max_tokens]
+    sims = bridged_similarity(module, x)
+    return dict(n_samples=int(x.shape[0]), **{k: _summary(v) for k, v in sims.items()})
 
 # %% ../nbs/60_analysis.ipynb #b0602f25
 COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
@@ -342,7 +430,14 @@ def read_log(source)->list:
     d = source.run_dir if isinstance(source, Run) else Path(source)
     f = d / "metrics.jsonl" if (d / "metrics.jsonl").is_file() else d / "train" / "metrics.jsonl"
     if not f.is_file(): raise bad_value("source", str(source), "a run directory (or its train/) holding metrics.jsonl")
-    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    lines = [l for l in f.read_text().splitlines() if l.strip()]
+    out = []
+    for i, l in enumerate(lines):
+        try: out.append(json.loads(l))
+        except ValueError as e:
+            if i == len(lines) - 1: break              # a line a crash cut short (the trainer drops it on resume)
+            raise CabError(f"training log {f} is damaged at line {i + 1} ({e}); remove or restore it.") from e
+    return out
 
 def plot_training(
     source,                     # a run directory, a `Run`, or a list of metrics.jsonl records

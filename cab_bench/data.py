@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .core import CabError, bad_value, check_choice, check_range
+from .guard import text_problem
 
 # %% auto #0
 __all__ = ['FASHION_DIR', 'FASHION_PACKAGE', 'FASHION_FILES', 'FASHION_CLASSES', 'FASHION_MEAN', 'FASHION_STD',
@@ -34,11 +35,12 @@ __all__ = ['FASHION_DIR', 'FASHION_PACKAGE', 'FASHION_FILES', 'FASHION_CLASSES',
            'indices_sha256', 'stratified_pick', 'Subset', 'subset', 'digits_split', 'DigitsDataset', 'augment_seed',
            'Augmented', 'affine_digit', 'DigitsAugment', 'data_config_for', 'default_data_config', 'image_folder',
            'write_image_folder', 'read_idx', 'fashion_mnist_files', 'fashion_arrays', 'FashionMNIST', 'CropFlipAugment',
-           'write_idx', 'write_fashion_mnist', 'Corpus', 'split_docs', 'stdlib_corpus', 'text_files', 'text_corpus',
-           'texts_of', 'hf_corpus', 'doc_root', 'doc_sources', 'docs_corpus', 'write_doc_sources', 'byte_ids',
-           'is_byte_tokenizer', 'resolve_tokenizer', 'tokenizer_fingerprint', 'default_cache_dir', 'encode_docs',
-           'token_cache_path', 'split_tokens', 'write_token_cache', 'corpus_tokens', 'train_tiny_tokenizer',
-           'TokenBlocks', 'DataBundle', 'corpus_record', 'lm_bundle', 'corpus_mismatch', 'build_datasets']
+           'write_idx', 'write_fashion_mnist', 'Corpus', 'split_docs', 'stdlib_corpus', 'text_files', 'read_text_docs',
+           'text_corpus', 'texts_of', 'hf_corpus', 'doc_root', 'doc_sources', 'docs_corpus', 'write_doc_sources',
+           'byte_ids', 'is_byte_tokenizer', 'resolve_tokenizer', 'tokenizer_fingerprint', 'default_cache_dir',
+           'encode_docs', 'token_cache_path', 'split_tokens', 'write_token_cache', 'corpus_tokens',
+           'train_tiny_tokenizer', 'TokenBlocks', 'DataBundle', 'corpus_record', 'lm_bundle', 'corpus_mismatch',
+           'build_datasets']
 
 # %% ../nbs/40_data.ipynb #8c20cacb
 def name_score(name:str)->float:
@@ -550,10 +552,26 @@ def text_files(spec:str)->tuple[Path, list[str]]:
     raise bad_value("data", f"text:{spec}", "text:<path> naming an existing file, a directory holding files, or a glob "
                     "matching files (nothing found there)")
 
+def read_text_docs(
+    root:Path,            # the folder the names are relative to
+    names:list,           # relative file names
+    data:str,             # the data spec, for the message
+    hint:str="",          # what to do instead, for a refused file among several
+)->list:                  # each file's bytes
+    "Read a corpus's files, refusing one that is not text (`guard.text_problem`), naming it; an empty file only when it is the only one."
+    docs = []
+    for n in names:
+        f = root / n; d = f.read_bytes()
+        why = text_problem(d) if d or len(names) == 1 else None     # empty files among others add nothing (e.g. __init__.py)
+        if why: raise CabError(f"data={data!r}: text corpus file {f} {why}" + (hint if len(names) > 1 else "") + ".")
+        docs.append(d)
+    if not any(docs): raise CabError(f"data={data!r}: all {len(names)} files under {root} are empty.")
+    return docs
+
 def text_corpus(spec:str, val_frac:float=0.02)->Corpus:
-    "The files a `text:` spec names, split by file (or inside a single file)."
+    "The files a `text:` spec names, split by file (or inside a single file); a file that is not text is refused."
     root, names = text_files(spec)
-    docs = [(root / n).read_bytes() for n in names]
+    docs = read_text_docs(root, names, f"text:{spec}", f"; name only the text files, e.g. with a glob (text:{root}/**/*.txt)")
     return split_docs("text", f"text files {spec!r} ({len(names)} files under {root})", names, docs, val_frac)
 
 def texts_of(ds, text_column:str="text")->list[str]:
@@ -624,7 +642,7 @@ def docs_corpus(
         rels = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.txt")
                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
         if not rels: raise CabError(f"data={'docs' if which is None else 'docs:' + which!r}: {folder} holds no .txt sources (an empty corpus folder).")
-        body = [(folder / r).read_bytes() for r in rels]
+        body = read_text_docs(folder, rels, "docs" if which is None else f"docs:{which}")
         names += [f"{n}/{r}" for r in rels]; docs += body
         prov[n] = dict(folder=str(folder), package=DOC_SOURCES[n][1], licence=DOC_SOURCES[n][2], files=len(rels), bytes=sum(map(len, body)))
     tag = "+".join(prov)
@@ -644,7 +662,6 @@ def write_doc_sources(
             body = " ".join(text[(i + k) % len(text)] for k in range(words))
             (Path(root) / sub / f"page{i:02d}.rst.txt").write_text(f"Page {i}\n=======\n\n{body}\n")
     return Path(root)
-
 
 # %% ../nbs/40_data.ipynb #fee73f59
 BYTE_OFFSET, BYTE_EOS = 3, 1     # ByT5: byte b -> id b + 3; </s> = 1 ends a document

@@ -159,21 +159,24 @@ def run(
     cfg:DistillConfig|dict,
     prepared:dict|None=None,   # what `prepare(cfg)` returned, when the caller already built it (e.g. to fail early)
     on_step=None,              # the trainer's progress hook; None: `TerminalProgress` lines (unless progress=False)
+    wait:float|None=None,      # seconds to wait while another process writes this run; None: until it ends; 0: refuse at once
 )->dict:
     "Run (or resume, or reuse) one distillation; returns the metrics also written to `metrics.json`."
     from cab_bench.train import train
     from cab_bench.ops import backend_report
-    from cab_bench.analysis import attention_report
+    from cab_bench.analysis import attention_report, bridged_report
     cfg = DistillConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     rd = RunDir.of(cfg)
     if rd.config_file.exists(): rd.check_same(cfg)               # other settings under this name: refused at once
+    if rd.metrics_file.exists(): rd.read_metrics()               # a damaged metrics.json: named at once
     p = prepared if prepared is not None else prepare(cfg)       # may raise: nothing written yet
     content = content_identity(cfg, p)                           # teacher weights, data content, code version
-    with rd.lock():                                              # one writer per run (another: a CabError naming it)
-        if rd.config_file.exists():                              # started, finished (or copied here) before
-            rd.check_same(cfg); rd.check_content(content)
+    main = int(os.environ.get("RANK", "0")) == 0                 # under `accelerate launch`: the main process writes the folder
+    with rd.lock(wait, on_wait=announce) if main else contextlib.nullcontext():   # one writer per run: waits, or RunBusy
+        if rd.config_file.exists():                              # started, finished (or copied here) before, or by the
+            rd.check_same(cfg); rd.check_content(content)        # process this one waited for
             if rd.state() == "finished": return rd.read_metrics()
-        rd.start(cfg, content)
+        if main: rd.start(cfg, content)
         t0 = time.time()
         hook = on_step if on_step is not None else TerminalProgress(cfg.run_name) if cfg.progress else None
         res = train(p["method"].module, p["method"].stages, p["train"], p["bundle"].val,
@@ -186,6 +189,11 @@ def run(
                                            "bf16" if p["device"].type == "cuda" and cfg.precision != "fp32" else "fp32")
         try: attention = attention_report(p["teacher"], p["method"].student, p["bundle"].val)   # seconds on a CPU
         except CabError as e: attention = dict(error=str(e))                                   # a pair it cannot compare
+        bridge = getattr(p["method"].module, "bridge", None)
+        if bridge is not None and {"B", "C"} <= set(bridge.names()) and "error" not in attention:
+            # CAB: also the bridged attention phi_C(C).phi_B(B)^T (what alignment acts on), see `analysis.bridged_report`
+            try: attention["bridged"] = bridged_report(p["method"].module, p["bundle"].val)
+            except CabError as e: attention["bridged"] = dict(error=str(e))
         sub = p["subset"]
         metrics = dict(task=cfg.task, method=cfg.method, metric=metric,
                        student=res.final_eval.get(metric), teacher=None if teacher_eval is None else teacher_eval[metric],
@@ -196,4 +204,4 @@ def run(
                        stages=res.stage_losses, stage_evals=res.stage_evals, evals=res.evals, steps=res.steps,
                        stage_steps=res.stage_steps, attention=attention, wall_time=res.wall_time, run_time=time.time() - t0, device=res.device,
                        num_processes=res.num_processes, backend_report=backend_report(p["device"]), run_dir=str(rd.path))
-        return rd.finish(metrics)
+        return rd.finish(metrics) if main else metrics

@@ -34,10 +34,10 @@ import torch
 from .core import CabError, bad_value, check_range
 
 # %% auto #0
-__all__ = ['read_json', 'file_sha256', 'tensors_sha256', 'verify_provenance', 'identity_diff', 'RunLock', 'list_checkpoints',
-           'checkpoint_problem', 'prune_checkpoints', 'Recovery', 'recover_checkpoints', 'free_bytes',
-           'check_free_space', 'checkpoint_bytes', 'is_disk_full', 'save_guard', 'check_run_name', 'sniff_text_file',
-           'check_step_budget', 'DivergenceMonitor']
+__all__ = ['SNIFF_BYTES', 'read_json', 'file_sha256', 'tensors_sha256', 'verify_provenance', 'identity_diff', 'RunBusy',
+           'RunLock', 'list_checkpoints', 'checkpoint_problem', 'prune_checkpoints', 'Recovery', 'recover_checkpoints',
+           'free_bytes', 'check_free_space', 'checkpoint_bytes', 'is_disk_full', 'save_guard', 'check_run_name',
+           'text_problem', 'sniff_text_file', 'check_step_budget', 'DivergenceMonitor']
 
 # %% ../nbs/52_guard.ipynb #551715ba
 def read_json(
@@ -125,10 +125,19 @@ def identity_diff(
 # %% ../nbs/52_guard.ipynb #422f42c1
 def _now_iso()->str: return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
+def _existing(path)->str:
+    "`path`, or its nearest parent that exists."
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent: p = p.parent
+    return str(p)
+
 def _pid_alive(pid)->bool:
     try: os.kill(int(pid), 0); return True
     except ProcessLookupError: return False
     except (OSError, ValueError, TypeError, OverflowError): return True
+
+class RunBusy(CabError):
+    "Another process holds a run folder's lock (the message names it)."
 
 class RunLock:
     "Exclusive OS file lock on a run folder (`.<name>.lock` beside it), recording pid, host, start time and command."
@@ -136,11 +145,12 @@ class RunLock:
                  run_dir,                  # the run folder (need not exist yet)
                  wait:float|None=0,        # seconds to wait for another holder; 0: refuse at once; None: no limit
                  command:str|None=None,    # what to record as the holder's command; None: this process's argv
-                 poll:float=0.1):          # seconds between attempts while waiting
+                 poll:float=0.1,           # seconds between attempts while waiting
+                 on_wait=None):            # called once, with a sentence naming the holder, when it starts waiting
         if wait is not None: check_range("wait", wait, 0)
         self.run_dir = Path(run_dir)
         self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
-        self.wait, self.poll = wait, poll
+        self.wait, self.poll, self.on_wait = wait, poll, on_wait
         self.command = command if command is not None else " ".join([Path(sys.executable).name, *sys.argv])[:500]
         self.fd, self.info, self.stale = None, None, None
 
@@ -152,23 +162,28 @@ class RunLock:
         except (OSError, ValueError): return None
         return info if isinstance(info, dict) else None
 
-    def _busy(self)->CabError:
+    def _who(self)->str:
         h = self.holder(self.run_dir) or {}
         who = (f"pid {h.get('pid')} on host {h.get('host')}, started {h.get('start')}, command {_short(h.get('command'), 120)}"
                if h else "a process that has not recorded itself yet")
         if h and h.get("host") == socket.gethostname() and not _pid_alive(h.get("pid")):
             who += " (that pid has ended: a child process it started still holds the lock)"
+        return who
+
+    def _busy(self)->RunBusy:
         waited = "" if not self.wait else f" after waiting {self.wait:g} s"
-        return CabError(f"run folder {self.run_dir} is in use{waited}: {self.path} is locked by {who}. Wait for that run to end, "
-                        "or choose another run_name or out_dir.")
+        return RunBusy(f"run folder {self.run_dir} is in use{waited}: {self.path} is locked by {self._who()}. Wait for that run "
+                       "to end, or choose another run_name or out_dir.")
 
     def acquire(self)->RunLock:
         "Take the lock (waiting up to `wait` seconds); a `CabError` naming the holder when it stays taken."
         if self.fd is not None: raise CabError(f"{self.path} is already held by this RunLock.")
         parent = self.path.parent
-        if parent.exists() and not parent.is_dir(): raise bad_value("out_dir", str(parent), "a directory (it is a file)")
+        if not Path(_existing(parent)).is_dir():
+            raise bad_value("out_dir", str(parent), f"a directory (or a path to create one at); {_existing(parent)} is a file")
         parent.mkdir(parents=True, exist_ok=True)
         deadline = None if self.wait is None else time.monotonic() + self.wait
+        told = False
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,6 +192,9 @@ class RunLock:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise CabError(f"out_dir={str(parent)!r} does not support file locks ({e}); use a local folder.") from e
                 if deadline is not None and time.monotonic() >= deadline: raise self._busy() from None
+                if not told and self.on_wait is not None:
+                    told = True; self.on_wait(f"run folder {self.run_dir} is in use by {self._who()}; waiting for it"
+                                              + (f" (at most {self.wait:g} s)" if self.wait is not None else ""))
                 time.sleep(self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic())))
                 continue
             try: st = os.stat(self.path); same = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
@@ -312,11 +330,6 @@ def recover_checkpoints(
 # %% ../nbs/52_guard.ipynb #beca600d
 def _human(n:int)->str: return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
-def _existing(path)->str:
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent: p = p.parent
-    return str(p)
-
 def free_bytes(path)->int:
     "Bytes free for writing at `path` (or its nearest existing parent)."
     return shutil.disk_usage(_existing(path)).free
@@ -376,20 +389,22 @@ def _drop_frames(e:BaseException):
 
 @contextmanager
 def save_guard(
-    partial,                  # the folder (or file) being written; removed when the disk fills up
+    partial,                  # the folder (or file) being written; removed when the disk fills up (None: nothing to remove)
     out_dir,                  # the out_dir to name in the error
     what:str="a checkpoint",  # what is written, for the message
 ):
     "Turn a full disk inside the block into a `CabError` naming out_dir, after removing `partial`; other errors pass."
     try: yield
+    except CabError: raise               # already named (an inner guard, or a check before the write)
     except Exception as e:
         if not is_disk_full(e, out_dir): raise
         _drop_frames(e)                  # the failed writer's frames hold its open file, whose space is freed only on close
-        _remove(Path(partial))
+        if partial is not None: _remove(Path(partial))
         free = free_bytes(out_dir)
+        gone = f"the partial {Path(partial).name} was removed and " if partial is not None else ""
         raise CabError(f"out_dir={str(out_dir)!r} ran out of disk space while writing {what} ({type(e).__name__}: "
-                       f"{_short(str(e), 160)}); the partial {Path(partial).name} was removed and {free} bytes ({_human(free)}) are "
-                       "free now. Free space there or choose another out_dir, then run again: it resumes from the last checkpoint.") from e
+                       f"{_short(str(e), 160)}); {gone}{free} bytes ({_human(free)}) are free now. Free space there or "
+                       "choose another out_dir, then run again: it resumes from the last checkpoint.") from e
 
 # %% ../nbs/52_guard.ipynb #7960c9e8
 def check_run_name(
@@ -421,30 +436,42 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image
           (b"\x89HDF\r\n\x1a\n", "an HDF5 file"), (b"SQLite format 3\x00", "an SQLite database"),
           (b"GGUF\x02\x00\x00\x00", "a GGUF model file"), (b"GGUF\x03\x00\x00\x00", "a GGUF model file"))
 
-def sniff_text_file(
-    path,                     # the file to check
-    what:str="text corpus",   # what it is used as, for the message
+SNIFF_BYTES = 1 << 16         # bytes from the start of a file that decide whether it is text
+
+def text_problem(
+    head:bytes,               # the first bytes of a file (at most `SNIFF_BYTES` are looked at)
+    complete:bool=True,       # `head` is the whole file (else a character cut at its end is not counted as invalid)
     max_bad:float=0.01,       # largest fraction of bytes that may be invalid UTF-8
-    nbytes:int=1 << 16,       # bytes read from the start
-)->Path:                      # the path, when it reads as text
-    "Refuse a file that is not text (empty, an image, archive or other binary format, NUL bytes, mostly invalid UTF-8)."
-    p = Path(path)
-    if not p.is_file(): raise CabError(f"{what} file {p} does not exist or is not a file.")
-    with open(p, "rb") as f: head = f.read(nbytes)
-    if not head: raise CabError(f"{what} file {p} is empty.")
+)->str|None:                  # why it is not text ("is a PNG image, not text"), or None when it reads as text
+    "Why bytes are not text: empty, an image, archive or other binary format, NUL bytes, mostly invalid UTF-8."
+    complete = complete and len(head) <= SNIFF_BYTES
+    head = head[:SNIFF_BYTES]
+    if not head: return "is empty"
     kind = next((k for m, k in _MAGIC if head.startswith(m)), None)
     if kind is None and head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"WAVE", b"AVI "): kind = f"a RIFF {head[8:12].decode().strip()} file"
     if kind is None and head[257:262] == b"ustar": kind = "a tar archive"
     if kind is None and head.startswith(b"BZh") and head[4:10] == b"1AY&SY": kind = "a bzip2 archive"
     if kind is None and head[4:12] in (b"ftypheic", b"ftypavif", b"ftypmp42", b"ftypisom"): kind = "an image or video (ISO media)"
-    if kind: raise CabError(f"{what} file {p} is {kind}, not text.")
-    if b"\x00" in head: raise CabError(f"{what} file {p} is binary, not text: it holds NUL bytes (first at byte {head.index(0)}).")
-    dec = codecs.getincrementaldecoder("utf-8")("replace")
-    text = dec.decode(head, final=len(head) < nbytes)     # a character cut at the end of the window is not counted
+    if kind: return f"is {kind}, not text"
+    if b"\x00" in head: return f"is binary, not text: it holds NUL bytes (first at byte {head.index(0)})"
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(head, final=complete)
     bad = text.count("\ufffd") - head.decode("utf-8", "ignore").count("\ufffd")
     if bad > max_bad * len(head):
-        raise CabError(f"{what} file {p} is not UTF-8 text: its first {len(head)} bytes hold {bad} invalid UTF-8 sequences "
-                       f"(more than {max_bad:.0%} allowed).")
+        return (f"is not UTF-8 text: its first {len(head)} bytes hold {bad} invalid UTF-8 sequences (more than {max_bad:.0%} "
+                "allowed)")
+    return None
+
+def sniff_text_file(
+    path,                     # the file to check
+    what:str="text corpus",   # what it is used as, for the message
+    max_bad:float=0.01,       # largest fraction of bytes that may be invalid UTF-8
+)->Path:                      # the path, when it reads as text
+    "Refuse a file that is not text (`text_problem`): a `CabError` naming the file and what it is."
+    p = Path(path)
+    if not p.is_file(): raise CabError(f"{what} file {p} does not exist or is not a file.")
+    with open(p, "rb") as f: head = f.read(SNIFF_BYTES + 1)
+    why = text_problem(head, len(head) <= SNIFF_BYTES, max_bad)
+    if why: raise CabError(f"{what} file {p} {why}.")
     return p
 
 # %% ../nbs/52_guard.ipynb #9f9fd24e
@@ -454,7 +481,7 @@ def check_step_budget(
     epochs:float|None=None,       # passes over the data (when `max_steps` is None)
     steps_per_epoch:int|None=None,  # optimizer steps per pass (to turn `epochs` into steps)
     max_total:int=10**9,          # most steps allowed
-    warn_warmup:float=0.5,        # warm-up fractions above this warn
+    warn_warmup:float|None=0.5,   # warm-up fractions above this warn; None: no warning (bounds only)
 )->int|None:                      # total optimizer steps (None when they cannot be known yet)
     "Bounds on the training length and warm-up: an error naming the setting beyond `max_total`, a warning for a long warm-up."
     check_range("warmup_frac", warmup_frac, 0, 1, hi_open=True)
@@ -470,7 +497,7 @@ def check_step_budget(
             if total > max_total:
                 raise bad_value("epochs", epochs, f"at most {max_total / steps_per_epoch:.3g} ({steps_per_epoch} steps per epoch, "
                                 f"at most {max_total:.0e} steps)")
-    if warmup_frac > warn_warmup:
+    if warn_warmup is not None and warmup_frac > warn_warmup:
         steps = f" ({math.floor(warmup_frac * total + 0.5)} of {total} steps)" if total else ""
         warnings.warn(f"warmup_frac={warmup_frac} warms the learning rate up over more than {warn_warmup:.0%} of each stage"
                       f"{steps}: most of the run trains at a reduced learning rate.", stacklevel=2)

@@ -6,17 +6,13 @@
 from __future__ import annotations
 
 import dataclasses
-import io
+import hashlib
 import json
 import math
 import os
 import importlib
 import inspect
 import re
-import socket
-import time
-import unicodedata
-import contextlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,17 +20,18 @@ from typing import Any
 import torch
 
 from .core import CabError, bad_value, check_choice, check_range, did_you_mean, resolve_device, seed_everything
-from .guard import file_sha256
+from .guard import (RunLock, check_run_name, check_step_budget, file_sha256, identity_diff, read_json,
+                             verify_provenance)
 from .ops.backend import BACKENDS
 from .train import TrainConfig
 
 # %% auto #0
 __all__ = ['TASK_DEFAULTS', 'RUN_TRAINING', 'NODES', 'PARAMETER_ORDER', 'WEIGHT_SUFFIXES', 'CONFIG', 'METRICS', 'TRAIN',
-           'FIGURES', 'LOCK', 'CONTENT', 'RUN_FILES', 'NOT_IDENTITY', 'IMPLICIT', 'OutputSettings', 'DataSettings',
+           'FIGURES', 'CONTENT', 'RUN_FILES', 'NOT_IDENTITY', 'IMPLICIT', 'OutputSettings', 'DataSettings',
            'ModelSettings', 'MethodSettings', 'flat_names', 'DistillConfig', 'setting_docs', 'default_settings',
-           'write_json', 'read_json', 'teacher_files', 'teacher_sha256', 'content_identity', 'run_context',
-           'in_run_context', 'repeat_to', 'student_task', 'teacher_context', 'prepare', 'identity', 'RunDir',
-           'run_problem', 'find_runs']
+           'write_json', 'teacher_files', 'teacher_sha256', 'data_content', 'content_identity', 'run_context',
+           'in_run_context', 'repeat_to', 'student_task', 'teacher_context', 'check_student_opts', 'prepare',
+           'read_record', 'identity', 'RunDir', 'run_problem', 'find_runs']
 
 # %% ../nbs/55_runs.ipynb #f9c2f1bb
 TASK_DEFAULTS = {
@@ -51,11 +48,6 @@ def _check(name:str, v, types, ok, words:str):
 
 def _spec(v)->bool: return isinstance(v, str) and bool(v.strip())
 
-def _good_name(v:str)->bool:
-    "A run name every file system takes as one folder name."
-    return (bool(v.strip()) and v not in (".", "..") and not any(c in v for c in "/\\")
-            and not any(unicodedata.category(c) == "Cc" for c in v) and len(v.encode()) <= 200)
-
 @dataclass
 class OutputSettings:
     "Where the run is written, and how much of it the main notebook analyses (not part of the run's identity)."
@@ -65,8 +57,7 @@ class OutputSettings:
     def __post_init__(self):
         _check("out_dir", self.out_dir, (str, os.PathLike), lambda v: bool(str(v)), "a directory path")
         self.out_dir = str(self.out_dir)
-        _check("run_name", self.run_name, (str, type(None)), lambda v: v is None or _good_name(v),
-               "a folder name: not blank, no '/', '\\' or control characters, at most 200 bytes (or None)")
+        if self.run_name is not None: check_run_name(self.run_name, out_dir=self.out_dir)   # one folder name (length, characters)
         _check("analysis_samples", self.analysis_samples, int, lambda v: v >= 0, "an int >= 0")
 
 @dataclass
@@ -237,11 +228,6 @@ def write_json(path:Path, obj:dict):
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     os.replace(tmp, path)
 
-def read_json(path:Path)->dict:
-    "A JSON file of a run, or a `CabError` naming the file."
-    try: return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e: raise CabError(f"{path} cannot be read back ({type(e).__name__}: {e}).") from e
-
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 def teacher_files(spec:str)->list:
@@ -257,21 +243,38 @@ def teacher_sha256(spec:str)->dict:
     "file name -> sha256 of a teacher's local weight files, after checking them against a provenance.json beside them."
     out = {}
     for f in teacher_files(spec):
-        out[f.name] = h = file_sha256(f)
-        prov = f.parent / "provenance.json"
-        if prov.is_file():
-            want = (read_json(prov).get("weights_sha256") or {}).get(f.name)
-            if want is not None and want != h:
-                raise bad_value("teacher", spec, f"a teacher whose files match their provenance: {f} has sha256 {h[:16]}..., "
-                                f"{prov} records {want[:16]}... (the file is damaged or was changed)")
+        if not (f.parent / "provenance.json").is_file(): out[f.name] = file_sha256(f); continue
+        try: out[f.name] = verify_provenance(f)["sha256"]
+        except CabError as e: raise bad_value("teacher", spec, f"a teacher whose files match their provenance: {e}") from e
+    return out
+
+def _listing_sha256(samples, root)->str:
+    "sha256 of an image folder's listing: each file's path under `root`, size and modification time (not its bytes)."
+    h = hashlib.sha256()
+    for path, label in samples:
+        st = os.stat(path)
+        h.update(json.dumps([os.path.relpath(path, root), int(label), st.st_size, st.st_mtime_ns]).encode() + b"\n")
+    return h.hexdigest()
+
+def data_content(bundle)->dict:
+    """What identifies a data set's content beyond its spec: a language corpus's sha256 per split and its tokenizer;
+    Fashion-MNIST's files' sha256; an image folder's listing (paths, sizes, modification times). Digits: nothing (it
+    ships inside scikit-learn)."""
+    meta = bundle.meta
+    out = {k: meta[k] for k in ("corpus_sha256", "tokenizer_fingerprint") if k in meta}
+    if bundle.task == "vision" and isinstance(meta.get("files"), dict):
+        out["files_sha256"] = {k: file_sha256(f) for k, f in sorted(meta["files"].items())}
+    for split in ("train", "val"):
+        ds = getattr(bundle, split)
+        if hasattr(ds, "samples") and hasattr(ds, "root"): out[f"{split}_listing_sha256"] = _listing_sha256(ds.samples, ds.root)
     return out
 
 def content_identity(cfg:DistillConfig, prepared:dict)->dict:
     "What a run depends on beyond its settings: teacher weights, data content, code version."
     import cab_bench
-    meta = prepared["bundle"].meta
-    data = {k: meta[k] for k in ("corpus_sha256", "tokenizer_fingerprint") if k in meta}
-    return dict(teacher_sha256=teacher_sha256(cfg.teacher), data=data, code=cab_bench.__version__)
+    teacher = prepared.get("teacher_sha256")
+    return dict(teacher_sha256=teacher_sha256(cfg.teacher) if teacher is None else teacher, data=data_content(prepared["bundle"]),
+                code=cab_bench.__version__)
 
 # %% ../nbs/55_runs.ipynb #c206d9b4
 import contextlib, functools
@@ -328,6 +331,47 @@ def _student_overrides(cfg:DistillConfig, teacher, bundle)->dict:
         o.update(vocab_size=teacher.vocab_size)
     return {**o, **cfg.student_opts}
 
+def _student_class(name:str):
+    "The class a registered student's factory builds: its return annotation, else the type of one built on the meta device."
+    import typing
+    from cab_bench.models import STUDENTS
+    try: ret = typing.get_type_hints(STUDENTS[name]).get("return")
+    except Exception: ret = None
+    if isinstance(ret, type): return ret
+    try:
+        with torch.device("meta"): return type(STUDENTS[name]())      # no memory, no time
+    except Exception: return None
+
+def check_student_opts(
+    name:str,             # a registered student
+    opts:dict,            # `student_opts`: overrides of its registered sizes
+)->dict:                  # `opts`, unchanged, when allowed
+    "Refuse options the student's class does not take (naming the closest) and sizes that are not positive ints."
+    import typing
+    from cab_bench.models import STUDENTS
+    cls = _student_class(name)
+    fn = cls.__init__ if cls is not None else STUDENTS[name]
+    params = {k: p for k, p in inspect.signature(fn).parameters.items() if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_kw = cls is None and any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    try: hints = typing.get_type_hints(fn)
+    except Exception: hints = {}
+    for k, v in opts.items():
+        if k not in params:
+            if open_kw: continue                                  # a factory that does not say what it builds: left to it
+            raise bad_value("student_opts", opts, f"settings of student {name!r} ({cls.__name__ if cls else name}): {k!r} is not "
+                            "one" + did_you_mean(str(k), list(params)) + f"; they are {', '.join(params)}")
+        if hints.get(k) is int: check_range(f"student_opts[{k!r}]", v, 1, kind=int)   # sizes: depth, widths, patch, classes
+        elif hints.get(k) is bool and not isinstance(v, bool): raise bad_value(f"student_opts[{k!r}]", v, "True or False")
+        elif hints.get(k) is float: check_range(f"student_opts[{k!r}]", v, 0)
+    return opts
+
+def _out_dir_problem(out_dir:str)->str|None:
+    "Why `out_dir` cannot hold run folders (it, or a folder above it, is a file), or None."
+    p = Path(out_dir).expanduser().absolute()
+    for q in (p, *p.parents):
+        if q.exists(): return None if q.is_dir() else ("this is a file" if q == p else f"{q} is a file")
+    return None
+
 @in_run_context
 def prepare(cfg:DistillConfig)->dict:
     "The validation pass and everything a run needs: teacher, data, student, method, device; nothing is written."
@@ -335,15 +379,16 @@ def prepare(cfg:DistillConfig)->dict:
     from cab_bench.ops import backend_report
     from cab_bench.distill import build_method, method_names
     from cab_bench.data import Augmented, build_datasets, subset
-    out = Path(cfg.output.out_dir)
-    if out.exists() and not out.is_dir(): raise bad_value("out_dir", cfg.output.out_dir, "a directory (or a path to create one at); this is a file")
+    why = _out_dir_problem(cfg.output.out_dir)
+    if why: raise bad_value("out_dir", cfg.output.out_dir, f"a directory (or a path to create one at); {why}")
     check_choice("method", cfg.method, method_names())
     check_choice("student", cfg.student, sorted(STUDENTS))
     if student_task(cfg.student) != cfg.task:
         raise bad_value("student", cfg.student, f"a {cfg.task} student for task={cfg.task!r}: one of "
                         + ", ".join(repr(n) for n in sorted(STUDENTS) if student_task(n) == cfg.task))
+    check_student_opts(cfg.student, cfg.student_opts)
     parse_teacher_spec(cfg.teacher)
-    teacher_sha256(cfg.teacher)                                  # a bundled teacher's files must match its provenance
+    weights = teacher_sha256(cfg.teacher)                        # a bundled teacher's files must match its provenance
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if cfg.backend is not None: backend_report(device, cfg.backend)   # a backend that cannot run here: named now
@@ -357,20 +402,29 @@ def prepare(cfg:DistillConfig)->dict:
                             data_config=teacher.data_config if cfg.task == "vision" else None,
                             cache_dir=cfg.cache_dir, doc_root=cfg.doc_root)
     sub = subset(bundle.train, cfg.data_frac, cfg.seed)
-    student = create_student(cfg.student, **_student_overrides(cfg, teacher, bundle))
+    opts = _student_overrides(cfg, teacher, bundle)
+    try: student = create_student(cfg.student, **opts)
+    except (TypeError, ValueError, RuntimeError) as e:       # a combination its class refuses (CabErrors pass as they are)
+        raise bad_value("student_opts", cfg.student_opts, f"options student {cfg.student!r} can be built with ({type(e).__name__}: "
+                        f"{e}; with the sizes the teacher and data set: {opts})") from e
     method = build_method(cfg.method, teacher, student, **cfg.method_opts)
     train = repeat_to(sub, cfg.batch_size)
+    check_step_budget(cfg.max_steps, cfg.warmup_frac, cfg.epochs, len(train) // cfg.batch_size, warn_warmup=None)   # epochs, in steps
     if bundle.augment is not None: train = Augmented(train, bundle.augment, cfg.seed)   # items keyed by (seed, epoch, index)
-    return dict(teacher=teacher, student=student, bundle=bundle, subset=sub, train=train, method=method, device=device)
+    return dict(teacher=teacher, student=student, bundle=bundle, subset=sub, train=train, method=method, device=device,
+                teacher_sha256=weights)
 
 # %% ../nbs/55_runs.ipynb #57e52fb2
-try: import fcntl                      # POSIX file locks (not on Windows: there the lock is not taken)
-except ImportError: fcntl = None
-
-CONFIG, METRICS, TRAIN, FIGURES, LOCK, CONTENT = "config.json", "metrics.json", "train", "figures", "lock", "content.json"
+CONFIG, METRICS, TRAIN, FIGURES, CONTENT = "config.json", "metrics.json", "train", "figures", "content.json"
 RUN_FILES = (CONFIG, METRICS, f"{TRAIN}/latest")
 NOT_IDENTITY = ("out_dir", "analysis_samples", "progress",   # where the run is and how it is reported: not what it is
                 "doc_root", "cache_dir", "data_root")         # where its data and teacher are read, tokens cached (content.json has what they are)
+
+def read_record(path, what:str)->dict:
+    "A run's JSON file as a dict; damaged (not JSON, or not an object) it is a `CabError` naming the file."
+    d = read_json(path, what)
+    if not isinstance(d, dict): raise CabError(f"{what} {path} holds a JSON {type(d).__name__}, not an object: it is damaged; remove or restore it.")
+    return d
 
 def identity(flat:dict)->dict:
     "The settings that make a run what it is: the flat config without `NOT_IDENTITY`, JSON-normalised."
@@ -416,17 +470,17 @@ class RunDir:
 
     def read_config(self)->DistillConfig:
         "The saved settings as a `DistillConfig` (out_dir and run_name: where the folder is now)."
-        d = read_json(self.config_file)
+        d = read_record(self.config_file, "run config")
         try: return DistillConfig.from_dict({**d, "out_dir": str(self.path.parent), "run_name": self.name})
         except (CabError, TypeError) as e: raise CabError(f"{self.config_file} does not hold valid settings: {e}") from e
 
     def read_metrics(self)->dict:
         "metrics.json, with `run_dir` where the folder is now."
-        return {**read_json(self.metrics_file), "run_dir": str(self.path)}
+        return {**read_record(self.metrics_file, "run metrics"), "run_dir": str(self.path)}
 
     def differences(self, cfg:DistillConfig)->list:
         "The identity settings where the saved run and `cfg` differ (a setting the file predates: see `IMPLICIT`)."
-        old, new = identity(read_json(self.config_file)), identity(cfg.to_dict())
+        old, new = identity(read_record(self.config_file, "run config")), identity(cfg.to_dict())
         saved = lambda k: old[k] if k in old else IMPLICIT.get(k, _MISSING)
         return sorted(k for k in set(old) | set(new) if saved(k) != new.get(k, _MISSING))
 
@@ -436,35 +490,23 @@ class RunDir:
         if diff: raise CabError(f"run_name={self.name!r} exists in {self.path} with other settings ({', '.join(diff)}); "
                                 "choose another run_name or out_dir.")
 
-    @contextlib.contextmanager
-    def lock(self):
-        """Hold the folder's OS file lock while writing it: one writer per run. Another process holding it gets a
-        `CabError` naming the holder (pid, host, start); the OS drops the lock of a process that dies, so a stale one
-        is simply taken over."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.path / LOCK, "a+")
-        try:
-            if fcntl is not None:
-                try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    f.seek(0); holder = f.read().strip() or "unknown"
-                    raise CabError(f"run_name={self.name!r}: {self.path} is being written by another run ({holder}); wait for "
-                                   "it to finish (running the same settings then reuses it) or choose another run_name.") from None
-            f.seek(0); f.truncate()
-            f.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), start=time.strftime("%Y-%m-%d %H:%M:%S %Z"))))
-            f.flush()
-            yield self
-        finally: f.close()                                   # closing the file releases the lock
+    def lock(self,
+             wait:float|None=0,   # seconds to wait for another writer; 0: refuse at once; None: as long as it takes
+             on_wait=None,        # called once, with a sentence naming the holder, when it starts waiting
+            )->RunLock:
+        """The folder's OS file lock (`guard.RunLock`, the file `.<run_name>.lock` beside it), to hold while writing it:
+        one writer per run. Another holder is named (pid, host, start, command); the OS drops the lock of a process
+        that dies, so a stale one is simply taken over. Taking it writes nothing into the run folder."""
+        return RunLock(self.path, wait=wait, on_wait=on_wait)
 
     def check_content(self, content:dict):
         "Refuse to reuse or resume a run made with other content (teacher weights, data, code); a folder without content.json predates it."
         f = self.path / CONTENT
         if not f.exists(): return
-        old = read_json(f)
-        diff = sorted(k for k in set(old) | set(content) if old.get(k) != content.get(k))
-        if diff: raise CabError(f"run_name={self.name!r} in {self.path} was made with other content ({', '.join(diff)}: "
-                                + "; ".join(f"{k} then {old.get(k)!r}, now {content.get(k)!r}" for k in diff)
-                                + "); it is not reused or resumed: choose another run_name or out_dir.")
+        old = read_record(f, "run content record")
+        diff = identity_diff(old, json.loads(json.dumps(content, default=str)))
+        if diff: raise CabError(f"run_name={self.name!r} in {self.path} was made with other content ({'; '.join(diff)}); it is "
+                                "not reused or resumed: choose another run_name or out_dir.")
 
     def start(self, cfg:DistillConfig, content:dict|None=None):
         "Create the folder and write config.json (the flat settings) and content.json (what they do not show)."

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .core import CabError, bad_value, check_choice
 from .experiment import run
+from .guard import RunBusy
 from .runs import DistillConfig, RunDir
 
 # %% auto #0
@@ -55,19 +56,34 @@ def run_sweep(
     configs:list[DistillConfig],
     keep_going:bool=True,      # record a failing cell's error and go on (False: raise it)
     progress:bool=True,
-)->list[dict]:                 # per cell: the settings, its state before, the metrics (or the error)
-    "Run every cell that has not finished; reuse the finished ones."
-    out = []
-    for cfg in (bar := tqdm(configs, desc="sweep", disable=not progress)):
+)->list[dict]:                 # per cell, in the order of `configs`: the settings, its state before, the metrics (or the error)
+    """Run every cell that has not finished; reuse the finished ones. A cell whose run folder another process holds
+    (another sweep process on the same grid) is put off and taken up after the others, waiting for that process
+    then: so several processes can share one grid, and each ends with every cell."""
+    out, later = [None] * len(configs), []
+    bar = tqdm(total=len(configs), desc="sweep", disable=not progress)
+
+    def attempt(i:int, wait)->bool:
+        cfg = configs[i]
         bar.set_postfix_str(cfg.run_name)
         rec = dict(method=cfg.method, data_frac=cfg.data_frac, seed=cfg.seed, run_name=cfg.run_name, state=cell_state(cfg))
         t0 = time.time()
-        try: rec["metrics"] = run(cfg)
+        try: rec["metrics"] = run(cfg, wait=wait)
+        except RunBusy:
+            if wait == 0: return False                # another process runs it now: come back to it
+            raise
         except Exception as e:
             if not keep_going: raise
             rec["error"] = f"{type(e).__name__}: {e}"
         rec["seconds"] = time.time() - t0
-        out.append(rec)
+        out[i] = rec; bar.update(1)
+        return True
+
+    try:
+        for i in range(len(configs)):
+            if not attempt(i, 0): later.append(i)
+        for i in later: attempt(i, None)
+    finally: bar.close()
     return out
 
 # %% ../nbs/75_sweep.ipynb #02edc282

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from .core import CabError, bad_value, check_choice, check_range, did_you_mean
 from .data import index_keys
-from .guard import (DivergenceMonitor, check_free_space, checkpoint_bytes, prune_checkpoints,
+from .guard import (DivergenceMonitor, check_free_space, check_step_budget, checkpoint_bytes, prune_checkpoints,
                              recover_checkpoints, save_guard)
 
 # %% auto #0
@@ -120,13 +120,11 @@ class TrainConfig:
     def __post_init__(self):
         if (self.max_steps is None) == (self.epochs is None):
             raise bad_value("max_steps/epochs", (self.max_steps, self.epochs), "exactly one of max_steps and epochs")
-        if self.max_steps is not None: check_range("max_steps", self.max_steps, 1, kind=int)
-        if self.epochs is not None: check_range("epochs", self.epochs, 0, lo_open=True)
+        check_step_budget(self.max_steps, self.warmup_frac, self.epochs, warn_warmup=None)   # types, ranges, at most 10**9 steps
         for f in ("batch_size", "grad_accum", "log_every", "keep_ckpts"): check_range(f, getattr(self, f), 1, kind=int)
         for f in ("eval_every", "eval_batches", "ckpt_every"):
             if getattr(self, f) is not None: check_range(f, getattr(self, f), 1, kind=int)
         check_range("lr", self.lr, 0, lo_open=True); check_range("weight_decay", self.weight_decay, 0)
-        check_range("warmup_frac", self.warmup_frac, 0, 1, hi_open=True)
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2: raise bad_value("betas", self.betas, "two floats in [0, 1)")
         for b in self.betas: check_range("betas", b, 0, 1, hi_open=True)
         self.betas = tuple(float(b) for b in self.betas)
@@ -191,7 +189,12 @@ def stage_optimizer(
     from transformers import get_cosine_schedule_with_warmup
     groups = [dict(params=[], names=[], weight_decay=cfg.weight_decay), dict(params=[], names=[], weight_decay=0.0)]
     for n, p in named: g = groups[no_weight_decay(n, p)]; g["params"].append(p); g["names"].append(n)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr * stage.lr_scale, betas=cfg.betas)
+    # on a GPU the fused AdamW (a few kernels for all parameters): torch's default step spanned 25 ms of a 238 ms
+    # Fashion-MNIST Vim step on an H200, launches rather than arithmetic (bench/results/profile_fashion_step_h200.json);
+    # on a CPU torch's default, unchanged
+    ps = [p for g in groups for p in g["params"]]
+    fused = bool(ps) and all(p.is_cuda and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in ps)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr * stage.lr_scale, betas=cfg.betas, **(dict(fused=True) if fused else {}))
     return opt, get_cosine_schedule_with_warmup(opt, math.floor(cfg.warmup_frac * n_steps + 0.5), n_steps)
 
 # %% ../nbs/50_train.ipynb #c5d01bcb
@@ -605,6 +608,7 @@ def train(
                                     f"{N} process(es)), so that every process gets whole micro-batches")
     bpe = len(train_ds) // B
     if bpe < 1: raise bad_value("batch_size", B, f"at most len(train_ds) = {len(train_ds)}")
+    check_step_budget(cfg.max_steps, cfg.warmup_frac, cfg.epochs, bpe)   # epochs in steps at most 10**9; a long warm-up warns
     plan, names = plan_steps(stages, cfg.total_steps(bpe)), [s.name for s in stages]
     frozen = frozen_ids(module)
     out = Path(cfg.out_dir)
@@ -637,7 +641,7 @@ def train(
     if main:
         mpath = out / "metrics.jsonl"
         keep = [l for l in (mpath.read_text().splitlines() if mpath.exists() and lat is not None else []) if _step_of(l) <= g]
-        _atomic_write(mpath, "".join(l + "\n" for l in keep))
+        with save_guard(mpath.with_name(mpath.name + ".tmp"), out, "metrics.jsonl"): _atomic_write(mpath, "".join(l + "\n" for l in keep))
         mfile = open(mpath, "a")
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"), purge_step=g + 1)          # TensorBoard drops older events of later steps
@@ -664,64 +668,65 @@ def train(
 
     it, it_epoch = None, -1
     try:
-        for si in range(si0, len(stages)):
-            st, n = stages[si], plan[si]
-            k_start = k0 if si == si0 else 0
-            if k_start >= n: continue
-            named = stage_parameters(module, st, frozen)
-            opt, sched = stage_optimizer(named, cfg, st, n)
-            params = [p for _, p in named]
-            hist["stage_params"][st.name] = dict(decay=opt.param_groups[0]["names"], no_decay=opt.param_groups[1]["names"])
-            if ck is not None and si == si0 and k_start > 0:
-                if [g_["names"] for g_ in ck.optimizer["param_groups"]] != [g_["names"] for g_ in opt.param_groups]:
-                    raise CabError(f"{ck.path}: its optimizer holds other parameters than Stage({st.name!r}).trainable selects now.")
-                opt.load_state_dict(ck.optimizer); sched.load_state_dict(ck.scheduler)
-            model, popt = acc.prepare_model(LossModel(module)), acc.prepare_optimizer(opt)
-            train_mode(module, frozen)
-            if pending_rng is not None: set_rng_state(pending_rng); pending_rng = None
-            bar.set_description(st.name)
-            for k in range(k_start, n):
-                w = st.weights(k, n)
-                module.active_terms = {t for t, v in w.items() if v}
-                e, b = divmod(g, bpe)
-                if e != it_epoch:
-                    if hasattr(train_ds, "set_epoch"): train_ds.set_epoch(e)     # epoch-keyed items (`data.Augmented`)
-                    it = iter(DataLoader(train_ds, batch_sampler=StepSampler(len(train_ds), B, A, N, rank, cfg.seed, e, b),
-                                         collate_fn=collate_fn, num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
-                                         generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + e)))
-                    it_epoch = e
-                lr = sched.get_last_lr()[0]
-                gn = train_step(model, (send_to_device(next(it), dev, non_blocking=True) for _ in range(A)), w, popt, sched,
-                                params, A, cfg.clip_grad, acc=acc, on_terms=add_window, step=g + 1, stage=st.name, checkpoint=last)
-                g += 1; bar.update(1)
-                win.setdefault("grad_norm", [torch.zeros((), dtype=torch.float64, device=dev), 0])
-                win["grad_norm"][0] += gn.detach().double(); win["grad_norm"][1] += 1
-                end = k == n - 1
-                if end or g % cfg.log_every == 0:
-                    reduce_window()
-                    means = {t: (s_ / c_).item() for t, (s_, c_) in win.items()}
-                    gnm = means.pop("grad_norm")
-                    rec = dict(kind="train", step=g, stage=st.name, stage_step=k + 1, epoch=e, **means, lr=lr, grad_norm=gnm,
-                               weights=w, time=elapsed0 + time.time() - t0)
-                    emit(rec, "train"); win.clear()
-                    diverge.update(g, means["loss"], st.name)
-                    hist["stage_losses"][st.name] = means
-                    bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
-                    if main and cfg.on_step is not None: cfg.on_step(st.name, g, sum(plan), means["loss"], lr=lr, elapsed=elapsed0 + time.time() - t0)
-                if val_ds is not None and (end or (cfg.eval_every and g % cfg.eval_every == 0)):
-                    mets = evaluate(module, val_ds, B // A, max_batches=cfg.eval_batches, collate_fn=collate_fn,
-                                    num_workers=cfg.num_workers, seed=cfg.seed, acc=acc)
-                    hist["evals"].append(dict(step=g, stage=st.name, **mets)); emit(dict(kind="eval", step=g, stage=st.name, **mets), "eval")
-                    if end: hist["stage_evals"][st.name] = mets
-                if end or (cfg.ckpt_every and g % cfg.ckpt_every == 0):
-                    reduce_window()
-                    state = dict(step=g, stage=si, stage_name=st.name, stage_step=k + 1, epoch=(g // bpe), batch_in_epoch=g % bpe,
-                                 batches_per_epoch=bpe, num_processes=N, plan=plan, stage_names=names, config=cfg.to_dict(),
-                                 elapsed=elapsed0 + time.time() - t0, history=hist,
-                                 window={t: [s_.item(), c_] for t, (s_, c_) in win.items()})
-                    if main: writer.flush()
-                    last = str(_save_checkpoint(acc, out, g, module, frozen, opt, sched, state, cfg.keep_ckpts))
-            acc.free_memory(); del model, popt
+        with save_guard(None, out, "the run's logs (metrics.jsonl, TensorBoard events)"):   # a full disk there: named too
+            for si in range(si0, len(stages)):
+                st, n = stages[si], plan[si]
+                k_start = k0 if si == si0 else 0
+                if k_start >= n: continue
+                named = stage_parameters(module, st, frozen)
+                opt, sched = stage_optimizer(named, cfg, st, n)
+                params = [p for _, p in named]
+                hist["stage_params"][st.name] = dict(decay=opt.param_groups[0]["names"], no_decay=opt.param_groups[1]["names"])
+                if ck is not None and si == si0 and k_start > 0:
+                    if [g_["names"] for g_ in ck.optimizer["param_groups"]] != [g_["names"] for g_ in opt.param_groups]:
+                        raise CabError(f"{ck.path}: its optimizer holds other parameters than Stage({st.name!r}).trainable selects now.")
+                    opt.load_state_dict(ck.optimizer); sched.load_state_dict(ck.scheduler)
+                model, popt = acc.prepare_model(LossModel(module)), acc.prepare_optimizer(opt)
+                train_mode(module, frozen)
+                if pending_rng is not None: set_rng_state(pending_rng); pending_rng = None
+                bar.set_description(st.name)
+                for k in range(k_start, n):
+                    w = st.weights(k, n)
+                    module.active_terms = {t for t, v in w.items() if v}
+                    e, b = divmod(g, bpe)
+                    if e != it_epoch:
+                        if hasattr(train_ds, "set_epoch"): train_ds.set_epoch(e)     # epoch-keyed items (`data.Augmented`)
+                        it = iter(DataLoader(train_ds, batch_sampler=StepSampler(len(train_ds), B, A, N, rank, cfg.seed, e, b),
+                                             collate_fn=collate_fn, num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
+                                             generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + e)))
+                        it_epoch = e
+                    lr = sched.get_last_lr()[0]
+                    gn = train_step(model, (send_to_device(next(it), dev, non_blocking=True) for _ in range(A)), w, popt, sched,
+                                    params, A, cfg.clip_grad, acc=acc, on_terms=add_window, step=g + 1, stage=st.name, checkpoint=last)
+                    g += 1; bar.update(1)
+                    win.setdefault("grad_norm", [torch.zeros((), dtype=torch.float64, device=dev), 0])
+                    win["grad_norm"][0] += gn.detach().double(); win["grad_norm"][1] += 1
+                    end = k == n - 1
+                    if end or g % cfg.log_every == 0:
+                        reduce_window()
+                        means = {t: (s_ / c_).item() for t, (s_, c_) in win.items()}
+                        gnm = means.pop("grad_norm")
+                        rec = dict(kind="train", step=g, stage=st.name, stage_step=k + 1, epoch=e, **means, lr=lr, grad_norm=gnm,
+                                   weights=w, time=elapsed0 + time.time() - t0)
+                        emit(rec, "train"); win.clear()
+                        diverge.update(g, means["loss"], st.name)
+                        hist["stage_losses"][st.name] = means
+                        bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
+                        if main and cfg.on_step is not None: cfg.on_step(st.name, g, sum(plan), means["loss"], lr=lr, elapsed=elapsed0 + time.time() - t0)
+                    if val_ds is not None and (end or (cfg.eval_every and g % cfg.eval_every == 0)):
+                        mets = evaluate(module, val_ds, B // A, max_batches=cfg.eval_batches, collate_fn=collate_fn,
+                                        num_workers=cfg.num_workers, seed=cfg.seed, acc=acc)
+                        hist["evals"].append(dict(step=g, stage=st.name, **mets)); emit(dict(kind="eval", step=g, stage=st.name, **mets), "eval")
+                        if end: hist["stage_evals"][st.name] = mets
+                    if end or (cfg.ckpt_every and g % cfg.ckpt_every == 0):
+                        reduce_window()
+                        state = dict(step=g, stage=si, stage_name=st.name, stage_step=k + 1, epoch=(g // bpe), batch_in_epoch=g % bpe,
+                                     batches_per_epoch=bpe, num_processes=N, plan=plan, stage_names=names, config=cfg.to_dict(),
+                                     elapsed=elapsed0 + time.time() - t0, history=hist,
+                                     window={t: [s_.item(), c_] for t, (s_, c_) in win.items()})
+                        if main: writer.flush()
+                        last = str(_save_checkpoint(acc, out, g, module, frozen, opt, sched, state, cfg.keep_ckpts))
+                acc.free_memory(); del model, popt
     finally:
         bar.close()
         if main: mfile.close(); writer.close()

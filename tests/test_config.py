@@ -146,7 +146,7 @@ def test_tampered_bundled_teacher_is_refused(tmp_path):
         f.seek(-4, 2); b = f.read(4); f.seek(-4, 2); f.write(bytes(x ^ 0xFF for x in b))
     cfg = DistillConfig(teacher=f"timm:vit_tiny_patch16_224@{d / 'model.safetensors'}", max_steps=2, device="cpu",
                         out_dir=str(tmp_path / "runs"))
-    refused(cfg, "teacher=", "model.safetensors has sha256", "provenance.json records", "damaged or was changed")
+    refused(cfg, "teacher=", "model.safetensors has sha256", "provenance.json records", "changed or damaged")
 
 
 def test_changed_content_is_not_reused(tiny, tmp_path):

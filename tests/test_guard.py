@@ -1,8 +1,12 @@
 """Guard tests that need other processes, a real trainer run, a small full filesystem or the bundled teachers: the run
 lock between processes (refused, waiting, taken over after SIGKILL, several contenders in turn), checkpoint recovery
-under `train` (a damaged newest checkpoint, a missing `latest`), a full tmpfs during a real save, and content checks on
-real files. The fast in-process tests live in nbs/52_guard.ipynb.
+under `train` (a damaged newest checkpoint, a missing `latest`), a full tmpfs during a real save and during `train`
+(then a re-run that matches an uninterrupted one), SIGINT then resume, content checks on real files (a tampered
+bundled teacher, also as `default:vision`; a changed corpus neither reused nor resumed), every listed bad input named
+with nothing written, two processes on one run name (`run` and a sweep), and `-p ckpt_every` through papermill. The
+fast in-process tests live in nbs/52_guard.ipynb (and the notebooks of the modules that use the guards).
 """
+import functools
 import json
 import os
 import re
@@ -100,12 +104,12 @@ def test_lock_contenders_take_turns(tmp_path):
 
 # ------------------------------------------------------------------ checkpoint recovery under the real trainer
 
-def toy_run(out:Path):
+def toy_run(out:Path, **kw):
     from cab_bench.testing import ToyDistill, toy_datasets, toy_stages
     from cab_bench.train import TrainConfig, train
     tr, va = toy_datasets()
-    cfg = TrainConfig(max_steps=20, batch_size=16, lr=0.1, warmup_frac=0.1, log_every=5, ckpt_every=5, keep_ckpts=3,
-                      device="cpu", progress=False, out_dir=str(out))
+    cfg = TrainConfig(**{**dict(max_steps=20, batch_size=16, lr=0.1, warmup_frac=0.1, log_every=5, ckpt_every=5, keep_ckpts=3,
+                                device="cpu", progress=False, out_dir=str(out)), **kw})
     return train(ToyDistill(), toy_stages(), tr, va, cfg)
 
 
@@ -193,6 +197,37 @@ def test_full_disk_is_a_clear_error_and_a_retry_finishes(small_disk, fails_in):
     assert tensors_sha256(load_file(part / "model.safetensors")) == tensors_sha256(small.state_dict())
 
 
+def fill(d:Path, leave:int):
+    "Write a ballast file into `d` until at most `leave` bytes are free (a tmpfs: exactly, to the page)."
+    with open(d / "ballast", "wb") as f:
+        try:
+            while free_bytes(d) > leave: f.write(b"\0" * max(4096, min(1 << 20, free_bytes(d) - leave))); f.flush()
+        except OSError as e:
+            assert e.errno == 28, e
+
+
+@pytest.mark.parametrize("how", ["free space check", "write fails"])
+def test_full_disk_during_train_then_rerun_is_identical(small_disk, reference, monkeypatch, how):
+    "The disk fills up in the middle of a run: a CabError naming out_dir, no partial checkpoint left; freed, a re-run matches."
+    import cab_bench.train as T
+    ref, res_ref = reference
+    out = small_disk / "train"
+    if how == "write fails": monkeypatch.setattr(T, "check_free_space", lambda *a, **k: None)   # the write itself hits ENOSPC
+    def fill_at_10(stage, step, total, loss, **kw):
+        if step == 10: fill(small_disk, 0 if how == "write fails" else 64 << 10)
+    with pytest.raises(CabError) as e: toy_run(out, on_step=fill_at_10)
+    msg = str(e.value)
+    assert f"out_dir={str(out)!r}" in msg, msg
+    assert ("ran out of disk space" in msg and "ckpt-000010.tmp was removed" in msg if how == "write fails"
+            else "bytes (" in msg and "checkpoint ckpt-000010 needs about" in msg), msg
+    assert not list(out.glob("*.tmp")) and [p.name for p in list_checkpoints(out)][0] == "ckpt-000008"   # the stage end
+    (small_disk / "ballast").unlink()
+    monkeypatch.undo()
+    res = toy_run(out)                                            # the same run again, with room: it resumes and finishes
+    assert res.resumed_from == 8
+    same_run(ref, out, res_ref, res)
+
+
 # ------------------------------------------------------------------ content checks on real files
 
 def test_tampered_bundled_teacher_is_refused(tmp_path):
@@ -220,3 +255,215 @@ def test_images_and_binaries_are_not_text(tmp_path):
     rnd = tmp_path / "random.bin"; rnd.write_bytes(np.random.default_rng(0).integers(1, 256, 5000, dtype=np.uint8).tobytes())
     with pytest.raises(CabError, match="not UTF-8 text"): sniff_text_file(rnd)     # no NUL byte, no magic: invalid UTF-8
     assert sniff_text_file(Path(json.__file__)) == Path(json.__file__)            # real text: the stdlib's source
+
+
+# ------------------------------------------------------------------ runs: bad inputs, content, two processes, the notebook
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from cab_bench.models import make_tiny_teacher
+    d = tmp_path_factory.mktemp("tiny")
+    return dict(vision=make_tiny_teacher("vit", d / "vit", img_size=8, patch_size=2, in_chans=1),
+                language=make_tiny_teacher("gpt2", d / "gpt2"))
+
+
+def vision_cfg(tiny, out, **kw):
+    from cab_bench.experiment import DistillConfig
+    return DistillConfig(**{**dict(teacher=tiny["vision"], student="vim_test", max_steps=2, batch_size=8, device="cpu",
+                                   progress=False, eval_teacher=False, out_dir=str(out)), **kw})
+
+
+def language_cfg(tiny, out, **kw):
+    return vision_cfg(tiny, out, **{**dict(task="language", teacher=tiny["language"], student="mamba2_lm_test",
+                                           method="soft_kd", seq_len=16, batch_size=4, data_frac=0.5), **kw})
+
+
+def tree(d:Path)->dict:
+    "Every file under `d` (relative path -> sha256), to show that nothing was written."
+    return {str(p.relative_to(d)): file_sha256(p) for p in sorted(d.rglob("*")) if p.is_file()} if d.exists() else {}
+
+
+def corpora(tmp:Path)->dict:
+    tmp.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+    (tmp / "empty.txt").write_text("")
+    (tmp / "blob.bin").write_bytes(np.random.default_rng(0).integers(1, 256, 20_000, dtype=np.uint8).tobytes())
+    pngs = tmp / "pngs"; pngs.mkdir()
+    for i in range(3): (pngs / f"{i:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    return dict(empty=tmp / "empty.txt", blob=tmp / "blob.bin", pngs=pngs)
+
+
+# (case, settings over the defaults, words the error must hold); `{empty}`, `{blob}`, `{pngs}`: the corpora's paths
+BAD_INPUTS = [
+    ("unknown student option", dict(student_opts={"foo": 1}), ["student_opts={'foo': 1}", "'foo' is not one", "depth"]),
+    ("student depth 0", dict(student_opts={"depth": 0}), ["student_opts['depth']=0", "in [1, inf]"]),
+    ("empty text file", dict(language=True, data="text:{empty}"), ["text corpus file {empty} is empty"]),
+    ("binary text file", dict(language=True, data="text:{blob}"), ["text corpus file {blob} is not UTF-8 text"]),
+    ("folder of PNGs", dict(language=True, data="text:{pngs}"), ["text corpus file {pngs}/00.png is a PNG image"]),
+    ("analysis_samples -1", dict(analysis_samples=-1), ["analysis_samples=-1", "an int >= 0"]),
+    ("300-character run_name", dict(run_name="r" * 300), ["run_name='rrr", "at most 128 characters (it has 300)"]),
+    ("run_name with a newline", dict(run_name="a\nb"), ["run_name='a\\nb'", "line breaks"]),
+    ("run_name of whitespace", dict(run_name=" "), ["run_name=' '", "not empty or only whitespace"]),
+    ("out_dir that is a file", dict(out_dir="{empty}"), ["out_dir='{empty}'", "this is a file"]),
+    ("out_dir below a file", dict(out_dir="{empty}/runs"), ["out_dir=", "{empty} is a file"]),
+    ("max_steps 10**12", dict(max_steps=10**12), ["max_steps=1000000000000", "at most 1e+09 steps"]),
+    ("epochs 10**12", dict(max_steps=None, epochs=1e12), ["epochs=1000000000000.0", "at most"]),
+]
+
+
+@pytest.mark.parametrize("case,kw,words", BAD_INPUTS, ids=[c for c, _, _ in BAD_INPUTS])
+def test_bad_input_is_named_and_nothing_is_written(tiny, tmp_path, case, kw, words):
+    from cab_bench.experiment import run
+    c = corpora(tmp_path / "in")
+    paths = lambda t: functools.reduce(lambda t, kv: t.replace("{%s}" % kv[0], str(kv[1])), c.items(), t)
+    kw = {k: paths(v) if isinstance(v, str) else v for k, v in kw.items()}
+    out = Path(kw.get("out_dir", tmp_path / "runs"))
+    before = tree(tmp_path / "in")
+    with pytest.raises(CabError) as e:
+        run((language_cfg if kw.pop("language", False) else vision_cfg)(tiny, tmp_path / "runs", **kw))
+    for w in words: assert paths(w) in str(e.value), (paths(w), str(e.value))
+    assert tree(tmp_path / "runs") == {} and tree(tmp_path / "in") == before     # nothing written anywhere
+    assert not out.is_dir() or not any(out.iterdir())
+
+
+def test_damaged_run_file_is_named_and_nothing_is_written(tiny, tmp_path):
+    "A finished run whose config.json or metrics.json was cut short: run() names the file, and writes nothing."
+    from cab_bench.experiment import run
+    cfg = vision_cfg(tiny, tmp_path / "runs")
+    run(cfg)
+    for damaged, what in (("config.json", "run config"), ("metrics.json", "run metrics")):
+        c = cfg.replace(out_dir=str(tmp_path / damaged))
+        shutil.copytree(cfg.run_dir, c.run_dir)
+        f = c.run_dir / damaged
+        f.write_text(f.read_text()[:-20])                          # cut short, as by a full disk or a bad copy
+        before = tree(c.run_dir.parent)
+        with pytest.raises(CabError, match=re.escape(f"{what} {f} is not valid JSON (line ")): run(c)
+        assert tree(c.run_dir.parent) == before                    # nothing written (no lock file left either)
+
+
+def test_tampered_default_teacher_is_refused(tiny, tmp_path, monkeypatch):
+    "The bundled teacher as `default:vision` resolves it, with four bytes flipped: refused before anything is written."
+    from cab_bench.experiment import run
+    d = shutil.copytree(ROOT / "data" / "teachers" / "vit_digits", tmp_path / "data" / "teachers" / "vit_digits")
+    w = d / "model.safetensors"; b = bytearray(w.read_bytes())
+    for i in (10_000, 20_000, 30_000, 40_000): b[i] ^= 0x01
+    w.write_bytes(b)
+    monkeypatch.setenv("CAB_BENCH_DATA", str(tmp_path / "data"))
+    cfg = vision_cfg(tiny, tmp_path / "runs", teacher="default:vision", student="vim_digits")
+    with pytest.raises(CabError) as e: run(cfg)
+    assert "teacher='default:vision'" in str(e.value) and f"weights file {w} has sha256 {file_sha256(w)}" in str(e.value)
+    assert tree(tmp_path / "runs") == {}
+
+
+def test_changed_corpus_refuses_reuse_and_resume(tiny, tmp_path):
+    "Another text of the same size under one `text:` path: a finished run is not reused, an interrupted one not resumed."
+    from cab_bench.experiment import run
+    from cab_bench.runs import RunDir
+    corpus = tmp_path / "corpus.txt"
+    text = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(300))
+    corpus.write_text(text)
+    cfg = language_cfg(tiny, tmp_path / "runs", data=f"text:{corpus}", data_frac=0.2, max_steps=4, ckpt_every=2)
+    first = run(cfg)
+    rd = RunDir.of(cfg)
+    corpus.write_text(text.replace("return", "yield "))
+    with pytest.raises(CabError, match=r"other content \(data\.corpus_sha256\.train: '[0-9a-f]{12}\.\.\.' -> '[0-9a-f]{12}\.\.\.'"):
+        run(cfg)                                                    # finished: not reused
+    rd.metrics_file.unlink()                                        # as if it had been interrupted after its last checkpoint
+    (rd.train_dir / "latest").write_text("ckpt-000002\n")
+    before = tree(rd.path)
+    with pytest.raises(CabError, match="it is not reused or resumed"): run(cfg)   # interrupted: not resumed on other data
+    assert tree(rd.path) == before
+    corpus.write_text(text)                                         # the original text again: resumed, the same result
+    again = run(cfg)
+    assert again["student"] == first["student"] and again["steps"] == 4
+
+
+# A run process: argv[1] is a JSON spec {cfgs: [flat settings], sweep: bool, release: path}. It runs the first config
+# with run() (holding at its first logged step until the file `release` exists), or the configs with run_sweep, and
+# prints one line `RESULT <json>` with the metrics.
+RUNNER = r"""
+import json, sys, time
+from pathlib import Path
+from cab_bench.experiment import DistillConfig, run
+from cab_bench.sweep import run_sweep
+spec = json.loads(sys.argv[1])
+cfgs = [DistillConfig(**c) for c in spec["cfgs"]]
+def hold(*a, **k):
+    while not Path(spec["release"]).exists(): time.sleep(0.02)
+res = run_sweep(cfgs, progress=False) if spec["sweep"] else [dict(metrics=run(cfgs[0], on_step=hold))]
+print("RESULT " + json.dumps(res, default=str), flush=True)
+"""
+
+
+def runner(spec:dict, log:Path)->subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(spec, default=str)], env=env, cwd=ROOT,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
+
+
+def result(p:subprocess.Popen, log:Path)->list:
+    assert p.wait(timeout=300) == 0, log.read_text()[-3000:]
+    return json.loads(next(l for l in log.read_text().splitlines() if l.startswith("RESULT "))[7:])
+
+
+@pytest.mark.slow
+def test_two_processes_one_run_name(tiny, tmp_path):
+    """Process A runs a config; process B, a sweep over the same config and another, starts while A holds the run: B
+    puts it off, runs the other cell, then waits for A and reuses A's result. Meanwhile this process is refused at once
+    (wait=0, naming A) and with other settings; none crashes, no result is lost, the shared run trains once."""
+    from cab_bench.experiment import run
+    from cab_bench.guard import RunBusy
+    from cab_bench.runs import RunDir
+    cfg = vision_cfg(tiny, tmp_path / "runs", max_steps=3, log_every=1)
+    other = cfg.replace(seed=1, run_name=None)
+    release = tmp_path / "release"
+    a = runner(dict(cfgs=[cfg.to_dict()], sweep=False, release=release), tmp_path / "a.log")
+    wait_file(tmp_path / "runs" / f".{cfg.run_name}.lock", a)
+    while (RunLock.holder(cfg.run_dir) or {}).get("pid") != a.pid or not cfg.run_dir.joinpath("config.json").exists():
+        assert a.poll() is None, (tmp_path / "a.log").read_text(); time.sleep(0.02)
+    b = runner(dict(cfgs=[cfg.to_dict(), other.to_dict()], sweep=True, release=release), tmp_path / "b.log")
+    t0 = time.time()
+    while "waiting for it" not in (tmp_path / "b.log").read_text():   # B ran the other cell and now waits for A
+        assert b.poll() is None and time.time() - t0 < 300, (tmp_path / "b.log").read_text(); time.sleep(0.05)
+    assert f"is in use by pid {a.pid} on host {socket.gethostname()}" in (tmp_path / "b.log").read_text()
+    with pytest.raises(RunBusy, match=f"locked by pid {a.pid} on host"): run(cfg, wait=0)
+    with pytest.raises(CabError, match=r"with other settings \(lr\)"): run(cfg.replace(lr=0.001))
+    release.write_text("")
+    ra, rb = result(a, tmp_path / "a.log"), result(b, tmp_path / "b.log")
+    assert ra[0]["metrics"] == rb[0]["metrics"] == RunDir.of(cfg).read_metrics()   # one result, written once (same wall_time)
+    assert rb[1]["metrics"]["run_dir"] == str(other.run_dir) and rb[1]["state"] == "new"
+    assert json.loads(cfg.run_dir.joinpath("config.json").read_text())["lr"] == cfg.lr
+    assert not list((tmp_path / "runs").glob(".*.lock"))
+
+
+@pytest.mark.slow
+def test_papermill_ckpt_every(tmp_path):
+    "`-p ckpt_every 5` through papermill checkpoints every 5 steps (the main notebook passes every setting on)."
+    env = {k: v for k, v in os.environ.items() if k not in ("IN_TEST", "PYTEST_CURRENT_TEST")}
+    args = dict(data_frac=0.01, max_steps=15, ckpt_every=5, keep_ckpts=5, batch_size=16, log_every=5, device="cpu",
+                eval_teacher=False, progress=False, analysis_samples=0, out_dir=tmp_path / "runs")
+    p = subprocess.run([sys.executable, "-m", "papermill", "nbs/run_distill.ipynb", str(tmp_path / "out.ipynb"),
+                        *[a for k, v in args.items() for a in ("-p", k, str(v))]], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    train = tmp_path / "runs" / "vision-cab-vim_digits-f0.01-s0" / "train"
+    assert [c.name for c in list_checkpoints(train)] == ["ckpt-000015", "ckpt-000010", "ckpt-000005"]
+    from cab_bench.train import load_checkpoint
+    assert load_checkpoint(train / "ckpt-000005").state["config"]["ckpt_every"] == 5
+
+
+@pytest.mark.slow
+def test_sigint_mid_training_then_resume(tmp_path):
+    "Ctrl-C (SIGINT) in the middle of training, then the same run again: identical to an uninterrupted run."
+    from test_train import assert_same_run, run_toy, spawn, toy_cfg, wait_for   # the trainer tests' script and helpers
+    ref = tmp_path / "ref"
+    _, res_ref = run_toy(toy_cfg(ref), augment=True)
+    out = tmp_path / "b"
+    p = spawn(dict(cfg=toy_cfg(out), module=dict(delay=0.03), augment=True))
+    wait_for(lambda: (out / "latest").exists() and int((out / "latest").read_text().strip()[5:]) >= 10, p)
+    p.send_signal(signal.SIGINT); text, _ = p.communicate(timeout=60)
+    assert p.returncode != 0 and "KeyboardInterrupt" in text, text[-2000:]
+    _, res = run_toy(toy_cfg(out), augment=True)
+    assert 10 <= res.resumed_from < 40
+    assert_same_run(ref, out, res_ref, res)

@@ -15,7 +15,18 @@ Like-for-like: the stage of every method that trains on the end task uses the sa
 methods differ only in what they add (an alignment stage, an initialisation, an orientation stage, a Hedgehog stage).
 `vanilla` (CE on labels, no teacher) and `hard_kd` (CE on the teacher's argmax) are defined by their loss and keep it.
 The options that make this explicit are written into every cell's `method_opts`, so the records say what ran even if
-a default changes later.
+a default changes later. HedgeMamba's stage 2 (CE only in the paper) takes `kl=1, ce=1` here for the same reason.
+
+Decided before the first record, from throughput only (no grid cell had run): the teacher is the bundled
+`default:fashion` as it is (test top-1 90.1%, 23 of 50 planned epochs; retraining to the 92% aim was not worth a
+session's device time, and every method distils from the same teacher). Measured on one H200 (the logs in `results/replication/probe/`:
+200-step runs, 12 processes at once, ~1.3 s a step each): about 9 steps/s summed over the processes for CAB at batch 128,
+i.e. the GPU is the limit at ~0.1 s of kernel time a step, half of it the Triton scan's backward
+(`bench/results/profile_fashion_step_h200.json`). At that rate the vision grid (90 cells x 2,000 steps) needs ~5.5 h
+of one GPU; the parts are therefore run over several sessions, each part no longer than one session's device time.
+A cell outlives one device call (a call is limited to minutes; a cell at 12 processes takes most of an hour), so every
+cell checkpoints every 200 steps (language: 100) and a cell stopped at a call's end resumes, exactly, in the next call
+while the machine keeps its disk. Checkpointing does not change what a run computes (train's resume tests).
 """
 from __future__ import annotations
 
@@ -40,7 +51,7 @@ FRACS = (0.01, 0.05, 0.1, 0.2)
 
 # Vision: equal step budgets at every fraction (the CAB paper scales epochs inversely with the fraction: equal compute).
 VISION = dict(task="vision", teacher="default:fashion", student="vim_fashion", batch_size=128, max_steps=2000, lr=1e-3,
-              weight_decay=0.05, warmup_frac=0.05, augment=True, precision="auto", eval_teacher=True)
+              weight_decay=0.05, warmup_frac=0.05, augment=True, precision="auto", eval_teacher=True, ckpt_every=200)
 # The end-task stage of every KD method: KL (tau 1, weight 1), no CE.
 V_KD = dict(tau=1.0, ce=0.0)
 VISION_METHODS = {
@@ -64,16 +75,17 @@ VISION_ABLATIONS = {                 # Table 5 and Table 7 of the CAB paper, at 
 # = 21.0M tokens a run (the issue asks for at least 20M).
 LANGUAGE = dict(task="language", teacher="default:smollm2", student="mamba2_smollm2", data="docs", seq_len=512,
                 batch_size=32, max_steps=1280, lr=1e-3, weight_decay=0.05, warmup_frac=0.05, precision="auto",
-                eval_teacher=True)
-L_KD = dict(tau=1.0, ce=1.0)         # the end-task stage of every KD method: KL 1 + CE 1
+                eval_teacher=True, ckpt_every=100)
+L_KD = dict(tau=1.0, ce=1.0)         # the end-task stage of every KD method: KL 1 + CE 1 (their KL weight is 1 by definition)
+L_HEDGE = dict(kl=1.0, ce=1.0, tau=1.0)   # the same for HedgeMamba's stage 2, whose KL weight defaults to 0
 LANGUAGE_METHODS = {
     "vanilla": ("vanilla", {}),
     "soft_kd": ("soft_kd", L_KD),
     "attn_reuse": ("attn_reuse", L_KD),
     "mohawk": ("mohawk", L_KD),
     "cab": ("cab", dict(two_stage=True, align_share=0.1, stage2_kl=1.0, stage2_ce=1.0)),
-    "hedgemamba": ("hedgemamba", {}),
-    "hedgemamba_one_step": ("hedgemamba_one_step", {}),
+    "hedgemamba": ("hedgemamba", dict(stage1_share=0.1, **L_HEDGE)),     # the paper's stage 2 is CE only; here KL 1 + CE 1 as all
+    "hedgemamba_one_step": ("hedgemamba_one_step", L_HEDGE),
 }
 HEDGE_SPLITS = {"hedgemamba_10_90": 0.1, "hedgemamba_50_50": 0.5, "hedgemamba_90_10": 0.9}
 
@@ -92,7 +104,7 @@ def parts()->dict:
         out[name] = [_cell(VISION, lab, m, o, f, s, name) for lab, (m, o) in VISION_METHODS.items() for s in SEEDS]
     out["VABL"] = [_cell(VISION, lab, m, o, 0.1, s, "VABL") for lab, (m, o) in VISION_ABLATIONS.items() for s in SEEDS]
     out["LMAIN"] = [_cell(LANGUAGE, lab, m, o, 1.0, s, "LMAIN") for lab, (m, o) in LANGUAGE_METHODS.items() for s in LM_SEEDS]
-    out["LSPLIT"] = [_cell(LANGUAGE, lab, "hedgemamba", dict(stage1_share=sh), 1.0, 0, "LSPLIT")
+    out["LSPLIT"] = [_cell(LANGUAGE, lab, "hedgemamba", dict(stage1_share=sh, **L_HEDGE), 1.0, 0, "LSPLIT")
                      for lab, sh in HEDGE_SPLITS.items()]
     return out
 
@@ -104,33 +116,74 @@ def _with_data(cell:dict, out:Path, fashion:str|None)->dict:
     return cfg
 
 
+def _slim(run_dir:Path):
+    "Drop a finished run's checkpoints (tens of MB each); its JSON, logs and figures stay. The run is still reused."
+    for f in run_dir.rglob("*"):
+        if f.is_file() and f.suffix in (".safetensors", ".pt", ".bin") and f.stat().st_size > 1 << 20: f.unlink()
+
+
+def _rate(run_dir:Path)->float|None:
+    "Steady-state training steps per second from metrics.jsonl (first to last train line; start-up excluded)."
+    from cab_bench.analysis import read_log
+    tr = [r for r in read_log(run_dir) if r.get("kind") == "train"]
+    if len(tr) < 2 or tr[-1]["time"] <= tr[0]["time"]: return None
+    return (tr[-1]["step"] - tr[0]["step"]) / (tr[-1]["time"] - tr[0]["time"])
+
+
 def _worker(args):
-    cfg, log = args
+    cfg, log, gpu, t_start, deadline, est, slim = args
+    if gpu is not None: os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)      # before torch is imported in this process
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     t0 = time.time()
+    if deadline and est and t0 - t_start + est > deadline:              # would not finish in this session: leave it
+        return dict(run_name=cfg["run_name"], ok=None, seconds=0.0, gpu=gpu)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
     try:
-        from cab_bench.experiment import DistillConfig, run
-        m = run(DistillConfig.from_dict(cfg))
-        return dict(run_name=cfg["run_name"], ok=True, seconds=time.time() - t0, student=m.get("student"))
+        with open(log, "w") as f:
+            import contextlib
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                from cab_bench.experiment import DistillConfig, run
+                m = run(DistillConfig.from_dict(cfg))
+        d = Path(cfg["out_dir"]) / cfg["run_name"]
+        rate = _rate(d)
+        if slim: _slim(d)
+        return dict(run_name=cfg["run_name"], ok=True, seconds=time.time() - t0, student=m.get("student"), gpu=gpu, rate=rate)
     except Exception as e:                                     # one failing cell must not stop the others
-        Path(log).parent.mkdir(parents=True, exist_ok=True)
-        Path(log).write_text(traceback.format_exc())
-        return dict(run_name=cfg["run_name"], ok=False, seconds=time.time() - t0, error=f"{type(e).__name__}: {e}")
+        with open(log, "a") as f: f.write("\n" + traceback.format_exc())
+        return dict(run_name=cfg["run_name"], ok=False, seconds=time.time() - t0, error=f"{type(e).__name__}: {e}", gpu=gpu)
 
 
-def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=None)->list:
-    "Run a part's cells that have no metrics.json yet, `workers` processes at once on the one GPU."
-    cells = parts()[name]
-    todo = [c for c in cells if not (out / c["config"]["run_name"] / "metrics.json").exists()][:limit]
-    print(f"part {name}: {len(cells)} cells, {len(cells) - len(todo)} finished, running {len(todo)} with {workers} workers",
-          flush=True)
-    jobs = [(_with_data(c, out, fashion), str(out / "_errors" / f"{c['config']['run_name']}.txt")) for c in todo]
+def _gpu_count()->int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True).stdout
+        return sum(1 for l in out.splitlines() if l.startswith("GPU "))
+    except Exception: return 0
+
+
+def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=None, max_steps:int|None=None,
+             gpus:int|None=None, deadline:float|None=None, est:float|None=None, slim:bool=True, labels=None)->list:
+    """Run a part's cells that have no metrics.json yet, `workers` processes at once, spread over `gpus` GPUs.
+    `max_steps` shortens every cell (a throughput probe: its runs are named `...-probe<N>` and are not grid cells).
+    With `deadline` (seconds from now) and `est` (seconds a cell takes), a cell is started only if it can finish."""
+    t_start = time.time()
+    cells = [c for c in parts()[name] if labels is None or c["label"] in labels]
+    if max_steps is not None:
+        cells = [dict(c, config=dict(c["config"], max_steps=max_steps, run_name=f"{c['config']['run_name']}-probe{max_steps}"))
+                 for c in cells]
+    missing = [c for c in cells if not (out / c["config"]["run_name"] / "metrics.json").exists()]
+    todo = missing[:limit]
+    ngpu = _gpu_count() if gpus is None else gpus
+    print(f"part {name}: {len(cells)} cells, {len(cells) - len(missing)} finished, running {len(todo)} with {workers} workers"
+          f" on {ngpu or 'no'} GPU(s)", flush=True)
+    jobs = [(_with_data(c, out, fashion), str(out / "_logs" / f"{c['config']['run_name']}.log"),
+             (i % ngpu) if ngpu else None, t_start, deadline, est, slim) for i, c in enumerate(todo)]
     done = []
     with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
         for r in pool.imap_unordered(_worker, jobs):
             done.append(r)
-            print(("ok  " if r["ok"] else "ERR ") + f"{r['run_name']} {r['seconds']:.0f}s "
-                  + (f"student={r['student']}" if r["ok"] else r["error"]), flush=True)
+            if r["ok"] is None: print(f"skip {r['run_name']} (would pass the deadline)", flush=True); continue
+            print(("ok  " if r["ok"] else "ERR ") + f"{r['run_name']} gpu={r['gpu']} {r['seconds']:.0f}s "
+                  + (f"student={r['student']} steps/s={r.get('rate') or 0:.2f}" if r["ok"] else r["error"]), flush=True)
     return done
 
 
@@ -148,14 +201,14 @@ def _gpu()->str:
 
 def collect(out:Path, records:Path=RECORDS, commit:str|None=None)->int:
     "Compact every finished run of the grid under `out` into records/<run_name>.json (the report's only input)."
+    from cab_bench.guard import read_json
     records.mkdir(parents=True, exist_ok=True)
     commit, gpu, n = commit or _commit(), _gpu(), 0
     for part, cells in parts().items():
         for c in cells:
             d = out / c["config"]["run_name"]
             if not (d / "metrics.json").exists(): continue
-            m = json.loads((d / "metrics.json").read_text())
-            cfg = json.loads((d / "config.json").read_text())
+            m, cfg = read_json(d / "metrics.json", "run metrics"), read_json(d / "config.json", "run config")   # damaged: named
             keep = {k: m.get(k) for k in ("task", "method", "metric", "student", "teacher", "student_eval", "teacher_eval",
                                           "data", "stages", "stage_steps", "steps", "attention", "wall_time", "run_time",
                                           "device", "backend_report")}
@@ -176,6 +229,12 @@ def main(argv=None):
     r.add_argument("--workers", type=int, default=8)
     r.add_argument("--fashion", default=None, help="folder with Fashion-MNIST's four idx files (default: the installed package's)")
     r.add_argument("--limit", type=int, default=None, help="run at most this many cells")
+    r.add_argument("--labels", default=None, help="comma-separated labels: only these methods of the part")
+    r.add_argument("--max_steps", type=int, default=None, help="a throughput probe: shorten every cell to this many steps")
+    r.add_argument("--gpus", type=int, default=None, help="GPUs to spread the workers over (default: all nvidia-smi lists)")
+    r.add_argument("--deadline", type=float, default=None, help="seconds from now after which no cell should still run")
+    r.add_argument("--est", type=float, default=None, help="seconds one cell takes at this concurrency (with --deadline)")
+    r.add_argument("--keep_ckpts", action="store_true", help="keep finished runs' checkpoints (default: drop them)")
     c = sub.add_parser("collect", help="compact finished runs into results/replication/records/")
     c.add_argument("--out", type=Path, default=ROOT / "runs" / "replication")
     c.add_argument("--records", type=Path, default=RECORDS)
@@ -185,9 +244,10 @@ def main(argv=None):
             print(f"{name}: {len(cells)} cells")
             for cl in cells: print(f"  {cl['config']['run_name']}  method={cl['config']['method']} opts={cl['config']['method_opts']}")
     elif a.cmd == "run":
-        res = run_part(a.part, a.out, a.workers, a.fashion, a.limit)
-        bad = [x for x in res if not x["ok"]]
-        print(f"{len(res) - len(bad)} finished, {len(bad)} failed")
+        res = run_part(a.part, a.out, a.workers, a.fashion, a.limit, a.max_steps, a.gpus, a.deadline, a.est,
+                       not a.keep_ckpts, a.labels.split(',') if a.labels else None)
+        bad, skipped = [x for x in res if x["ok"] is False], [x for x in res if x["ok"] is None]
+        print(f"{len(res) - len(bad) - len(skipped)} finished, {len(bad)} failed, {len(skipped)} left for later")
     else:
         print(f"{collect(a.out, a.records)} records written to {a.records}")
 

@@ -245,22 +245,24 @@ def check_hedgemamba(method:str, teacher:Teacher, student):
                        f"by a Mamba2Mixer); got a {type(student).__name__} with {getattr(student, 'mixer_kind', 'no Mamba-2')} mixers. "
                        "Pass student=None.")
 
-def _hedgemamba(name, teacher, student, stage1_share, attn_ce, chunk_size, A_log)->Method:
+def _hedgemamba(name, teacher, student, stage1_share, attn_ce, chunk_size, A_log, kl=0.0, ce=1.0, tau=1.0)->Method:
     if isinstance(student, MambaLM):
         warnings.warn(f"{name}: the student is built from the teacher (a HedgeMambaLM); of the given MambaLM only its "
                       "chunk_size is used")
         chunk_size = student.layers[0].mixer.chunk_size
     check_range('stage1_share', stage1_share, 0, 1, hi_open=True); check_range('attn_ce', attn_ce, 0)
+    check_range('kl', kl, 0); check_range('ce', ce, 0)
+    if not (kl or ce): raise CabError(f"{name}: kl=0 and ce=0 leave stage 2 (mamba) without a loss; give kl > 0 or ce > 0")
     check_range('chunk_size', chunk_size, 1, kind=int)
     st = student if isinstance(student, HedgeMambaLM) else hedgehog_to_mamba2_(linearize(teacher, chunk_size), chunk_size, A_log)
     mixers = [a.mixer for a in st.mixers]
     hedgehog = [HedgehogAttention(a, teacher.family, teacher.num_heads, teacher.num_kv_heads, teacher.head_dim, fm_q=m.C_map, fm_k=m.B_map,
                                   chunk_size=chunk_size)
                 for a, m in zip(teacher.attentions, mixers)]   # state, not modules: their parameters are the teacher's and the student's
-    dm = DistillModule(teacher, st, ['hh_cos', 'hh_attn_ce', 'ce'], state=dict(hedgehog=hedgehog))
+    dm = DistillModule(teacher, st, ['hh_cos', 'hh_attn_ce', 'kl', 'ce'], settings=dict(tau=tau), state=dict(hedgehog=hedgehog))
     maps = Params(modules=[f for m in mixers for f in (m.B_map, m.C_map)], label='feature maps')
     rest = Params('student.', exclude=[m for m in st.modules() if isinstance(m, nn.Embedding)], label='student but embeddings')
-    stages = [Stage('mamba', rest, {'ce': 1.0}, share=1 - stage1_share)]
+    stages = [Stage('mamba', rest, {t: float(w) for t, w in (('kl', kl), ('ce', ce)) if w}, share=1 - stage1_share)]
     if stage1_share:
         stages.insert(0, Stage('hedgehog', maps, {'hh_cos': 1.0, **({'hh_attn_ce': float(attn_ce)} if attn_ce else {})}, share=stage1_share))
     return Method(name, dm, stages, opts=dict(chunk_size=chunk_size))
@@ -269,13 +271,17 @@ def _hedgemamba(name, teacher, student, stage1_share, attn_ce, chunk_size, A_log
 def hedgemamba(teacher:Teacher, student=None, *,
                stage1_share:float=0.1,   # share of the steps for stage 1 (Hedgehog feature maps); the paper's best split 10/90
                attn_ce:float=0.0,        # weight of Hedgehog's attention-weight CE next to the cosine distance
+               kl:float=0.0,             # stage 2: weight of the KL to the teacher's logits (the paper: 0, CE only)
+               ce:float=1.0,             # stage 2: weight of next-token CE
+               tau:float=1.0,            # temperature of that KL
                chunk_size:int=64,        # SSD chunk length of the mixers
                A_log:float=-30.0,        # A = -exp(A_log) ~ 0
               )->Method:
     "HedgeMamba: Hedgehog linearisation (feature maps only), then its exact Mamba-2 embedding trained with next-token CE."
-    return _hedgemamba('hedgemamba', teacher, student, stage1_share, attn_ce, chunk_size, A_log)
+    return _hedgemamba('hedgemamba', teacher, student, stage1_share, attn_ce, chunk_size, A_log, kl, ce, tau)
 
 @register_method('hedgemamba_one_step', check=check_hedgemamba)
-def hedgemamba_one_step(teacher:Teacher, student=None, *, chunk_size:int=64, A_log:float=-30.0)->Method:
+def hedgemamba_one_step(teacher:Teacher, student=None, *, chunk_size:int=64, A_log:float=-30.0,
+                        kl:float=0.0, ce:float=1.0, tau:float=1.0)->Method:
     "HedgeMamba's one-step ablation: no Hedgehog stage, the identity-map Mamba-2 embedding trained with CE."
-    return _hedgemamba('hedgemamba_one_step', teacher, student, 0.0, 0.0, chunk_size, A_log)
+    return _hedgemamba('hedgemamba_one_step', teacher, student, 0.0, 0.0, chunk_size, A_log, kl, ce, tau)

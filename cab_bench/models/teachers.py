@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import CabError, bad_value, check_choice, resolve_device
+from ..guard import read_json
 
 # %% auto #0
 __all__ = ['TEACHER_FORMS', 'DEFAULT_TEACHERS', 'PACKAGE_TEACHERS', 'GGUF_INSTALL', 'LM_FAMILIES', 'VIT_PREFIXES',
@@ -108,7 +109,7 @@ def default_teacher_spec(
         return f'hf:{path}'
     side = sidecar_path(path)
     if not path.is_file() or not side.is_file(): raise CabError(f"teacher='default:{kind}': no bundled teacher at {path} (+ .json){how}")
-    return f"timm:{json.loads(side.read_text())['model']}@{path}"
+    return f"timm:{read_json(side, 'teacher sidecar')['model']}@{path}"
 
 def parse_teacher_spec(
     spec:str,  # e.g. `timm:deit_tiny_patch16_224`, `timm:vit_tiny_patch16_224@ckpt.safetensors`, `hf:EleutherAI/pythia-70m`, `hf:<dir>@m.gguf`
@@ -507,7 +508,7 @@ def _load_timm(spec, name, path, pretrained, model_kwargs):
         if not ckpt.is_file(): raise _bad_spec(spec, f"the checkpoint file {str(ckpt)!r} does not exist")
         side, norm = sidecar_path(ckpt), {}
         if side.is_file():  # the keyword arguments that rebuild this checkpoint's architecture
-            meta = json.loads(side.read_text())
+            meta = read_json(side, 'teacher sidecar')
             if meta.get('model', name).split('.')[0] != name.split('.')[0]:  # same architecture; the tag may differ
                 raise _bad_spec(spec, f"{str(side)!r} says the checkpoint is a {meta['model']!r}, not a {name!r}")
             model_kwargs = {**meta.get('model_kwargs', {}), **model_kwargs}
@@ -608,8 +609,7 @@ def read_provenance(
     folder = Path(path).expanduser().parent if source == 'timm' and path else Path(name).expanduser() if source == 'hf' else None
     f = folder / 'provenance.json' if folder is not None else None
     if f is None or not f.is_file(): return None
-    try: return json.loads(f.read_text())
-    except (OSError, ValueError): return None
+    return read_json(f, 'teacher provenance')   # a damaged one is named, not taken for none
 
 def load_teacher(
     spec:str,                      # `timm:<name>`, `timm:<name>@<file>`, `hf:<hub id or local dir>[@<file>.gguf]` or `default:<name>`

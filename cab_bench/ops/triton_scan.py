@@ -18,12 +18,14 @@ except Exception:  # no Triton here: `triton_unavailable()` says so and dispatch
 from ..core import CabError
 
 # %% auto #0
-__all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'triton_unavailable', 'selective_scan_triton']
+__all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_BC_PART_MAX', 'triton_unavailable', 'selective_scan_triton']
 
 # %% ../../nbs/14_ops.triton_scan.ipynb #b11b67ad
 SCAN_T = 16        # time steps per chunk: one associative scan over a (BD, N, T) tile (16 and 8 channels: fastest of 5 tried on an H200)
 SCAN_BD_MAX = 8    # channels per program (they share B and C, so their dB/dC are summed before the atomics)
 SCAN_WARPS = 4
+SCAN_BC_PART_MAX = 256 << 20   # bytes: per-token dB/dC written per channel block and summed after (deterministic, no
+                               # atomics) while that buffer stays this small; above it, atomic adds into one (b, G, N, L)
 
 def triton_unavailable()->str:
     "Empty when the Triton selective scan can run here, else why not."
@@ -111,7 +113,7 @@ if triton is not None:
         s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
         N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
         B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GLAST: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GLAST: tl.constexpr, BC_PART: tl.constexpr,
     ):
         pb, pd = tl.program_id(0), tl.program_id(1)
         ch = pd * BD + tl.arange(0, BD)
@@ -188,11 +190,13 @@ if triton is not None:
             if B_CONST: gBk += tl.sum(g * (dt * u)[:, None, :], 2)
             else:
                 gBt = tl.sum(g * (dt * u)[:, None, :], 0)                # (NP, T): the block's channels summed first
-                tl.atomic_add(gB_ptr + ((pb * (d_all // CPG) + grp) * N + n[:, None]) * L + t[None, :], gBt, mask=m2)
+                if BC_PART: tl.store(gB_ptr + ((pb * tl.num_programs(1) + pd) * N + n[:, None]) * L + t[None, :], gBt, mask=m2)
+                else: tl.atomic_add(gB_ptr + ((pb * (d_all // CPG) + grp) * N + n[:, None]) * L + t[None, :], gBt, mask=m2)
             if C_CONST: gCk += tl.sum(hs * gy[:, None, :], 2)
             else:
                 gCt = tl.sum(hs * gy[:, None, :], 0)
-                tl.atomic_add(gC_ptr + ((pb * (d_all // CPG) + grp) * N + n[:, None]) * L + t[None, :], gCt, mask=m2)
+                if BC_PART: tl.store(gC_ptr + ((pb * tl.num_programs(1) + pd) * N + n[:, None]) * L + t[None, :], gCt, mask=m2)
+                else: tl.atomic_add(gC_ptr + ((pb * (d_all // CPG) + grp) * N + n[:, None]) * L + t[None, :], gCt, mask=m2)
         tl.store(gA_ptr + st, gA)
         tl.store(gh0_ptr + st, gh0)
         tl.store(gD_ptr + pb * d_all + ch, gD)
@@ -268,8 +272,11 @@ class _TritonScan(torch.autograd.Function):
         gz = z.new_empty(b, d, l) if z is not None else None
         gA, gh0 = torch.empty(b, d, NP, **f32), torch.empty(b, d, NP, **f32)
         gD, gbias = torch.empty(b, d, **f32), torch.empty(b, d, **f32)
-        gB = torch.zeros(d, N, **f32) if bconst else torch.zeros(b, G, N, l, **f32)
-        gC = torch.zeros(d, N, **f32) if cconst else torch.zeros(b, G, N, l, **f32)
+        # per-token dB/dC: one slice per channel block, summed below (no atomics) unless that buffer would be large
+        part = (not bconst or not cconst) and b * (d // bd) * N * l * 4 * (2 - bconst - cconst) <= SCAN_BC_PART_MAX
+        tok = (b, d // bd, N, l) if part else (b, G, N, l)
+        gB = torch.zeros(d, N, **f32) if bconst else (torch.empty if part else torch.zeros)(tok, **f32)
+        gC = torch.zeros(d, N, **f32) if cconst else (torch.empty if part else torch.zeros)(tok, **f32)
         zz = z if z is not None else u
         gzz = gz if gz is not None else gu
         _ss_bwd[(b, d // bd)](
@@ -277,7 +284,10 @@ class _TritonScan(torch.autograd.Function):
             gl if gl is not None else gA, gu, gdt, gzz, gA, gB, gC, gD, gbias, gh0, l, nch, cpg,
             *u.stride(), *delta.stride(), *zz.stride(), *gout.stride(), *A.stride(), *sB, *sC,
             N=N, NP=NP, BD=bd, T=T, B_CONST=bconst, C_CONST=cconst, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_GLAST=gl is not None, num_warps=SCAN_WARPS)
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_GLAST=gl is not None, BC_PART=part, num_warps=SCAN_WARPS)
+        if part:                                  # the channel blocks of a group are consecutive programs
+            if not bconst: gB = gB.view(b, G, cpg // bd, N, l).sum(2)
+            if not cconst: gC = gC.view(b, G, cpg // bd, N, l).sum(2)
         gB = gB.to(B.dtype).view(B.shape) if not bconst else gB.to(B.dtype)
         gC = gC.to(C.dtype).view(C.shape) if not cconst else gC.to(C.dtype)
         return (gu, gdt, gA[..., :N].sum(0).to(A.dtype), gB, gC,

@@ -1,0 +1,74 @@
+"""Where a Fashion-MNIST distillation step's time goes on one GPU (the replication grid's pair).
+
+The grid's cells (`bench.studies.replication`) run `default:fashion` -> `vim_fashion` at batch 128: 50 tokens, 24
+bidirectional Mamba layers, 6.8M parameters, so the step is small and its speed is set by how many kernels it
+launches and how long the CPU takes to issue them, not by arithmetic. This times one optimizer step of each method's
+main stage (the trainer's own `train_step`) for each scan backend, and writes a torch.profiler table (CUDA time and
+call counts per kernel, and the CPU total) of CAB's step, so that the note on speed can say where the time goes.
+
+    python -m bench.studies.profile_fashion_step --out bench/results/profile_fashion_step_h200.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from cab_bench.distill import build_method
+from cab_bench.models import load_teacher, create_student
+from cab_bench.ops import use_backend, backend_report
+from bench.bench_step import StageStep
+from bench.benchlib import sync
+
+STAGES = dict(cab=("cab", dict(kl=1.0, ce=0.0, lambda_align=3.0, tau=1.0)), soft_kd=("soft_kd", dict(tau=1.0, ce=0.0)))
+
+
+def _time(step, batch, dev, n=20, warm=5)->float:
+    for _ in range(warm): step(batch)
+    sync(dev); t = time.perf_counter()
+    for _ in range(n): step(batch)
+    sync(dev); return (time.perf_counter() - t) / n * 1e3
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("bench/results/profile_fashion_step.json"))
+    ap.add_argument("--batch", type=int, default=128)
+    a = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(a.batch, 1, 28, 28, generator=g).to(dev), torch.randint(0, 10, (a.batch,), generator=g).to(dev))
+    res = dict(study="profile_fashion_step", device=torch.cuda.get_device_name(0), torch=torch.__version__, batch=a.batch,
+               report=backend_report("cuda"), step_ms={}, profile={})
+    for be in ("auto", "chunked"):
+        with use_backend(be):
+            for label, (m, opts) in STAGES.items():
+                teacher = load_teacher("default:fashion", device=dev)
+                torch.manual_seed(1)
+                meth = build_method(m, teacher, create_student("vim_fashion"), **opts)
+                stage = meth.stages[-1].name if m == "soft_kd" else meth.stages[0].name
+                st = StageStep(meth, stage, dev)
+                res["step_ms"][f"{label}/{stage}/{be}"] = ms = _time(st, batch, dev)
+                print(f"{label} {stage} backend={be}: {ms:.1f} ms/step", flush=True)
+                if label == "cab" and be == "auto":
+                    from torch.profiler import profile, ProfilerActivity
+                    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                        for _ in range(3): st(batch)
+                        sync(dev)
+                    ev = prof.key_averages()
+                    rows = sorted(ev, key=lambda e: -e.device_time_total)[:40]
+                    res["profile"]["by_cuda_time"] = [dict(name=e.key[:120], cuda_ms=e.device_time_total / 3e3, calls=e.count / 3,
+                                                           cpu_ms=e.cpu_time_total / 3e3) for e in rows]
+                    rows = sorted(ev, key=lambda e: -e.count)[:25]
+                    res["profile"]["by_count"] = [dict(name=e.key[:120], calls=e.count / 3, cuda_ms=e.device_time_total / 3e3) for e in rows]
+                    print(prof.key_averages().table(sort_by="device_time_total", row_limit=30), flush=True)
+                st.release(); del meth, teacher; torch.cuda.empty_cache()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
