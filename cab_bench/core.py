@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #7fefda63
 from __future__ import annotations
 
+import difflib
 import math
 import multiprocessing
 import os
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['CabError', 'bad_value', 'check_choice', 'check_range', 'seed_everything', 'resolve_device', 'nbdev_worker_threads',
-           'tols', 'assert_close']
+__all__ = ['CabError', 'bad_value', 'did_you_mean', 'check_choice', 'check_range', 'seed_everything', 'resolve_device',
+           'nbdev_worker_threads', 'tols', 'assert_close']
 
 # %% ../nbs/00_core.ipynb #4f107474
 class CabError(ValueError):
@@ -30,6 +31,15 @@ def bad_value(
     "Build (not raise) the standard error for a bad setting."
     return CabError(f"{setting}={given!r} is not allowed: expected {allowed}.")
 
+def did_you_mean(
+    given:Any,           # what was given (a misspelled name, say)
+    known:Iterable,      # the names or values allowed
+)->str:                  # ` (did you mean 'x'?)` naming the closest of `known`, or '' when none is close
+    "The suggestion every unknown-name error ends with (difflib's closest match)."
+    by_text = {str(k): k for k in known}
+    near = difflib.get_close_matches(str(given), list(by_text), n=1) if isinstance(given, str) else []
+    return f" (did you mean {by_text[near[0]]!r}?)" if near else ""
+
 def check_choice(
     setting:str,         # name of the setting
     given:Any,           # value given
@@ -37,7 +47,7 @@ def check_choice(
 )->Any:                  # `given`, unchanged, when allowed
     "Raise a `CabError` unless `given` is one of `choices`."
     choices = list(choices)
-    if given not in choices: raise bad_value(setting, given, "one of " + ", ".join(repr(c) for c in choices))
+    if given not in choices: raise bad_value(setting, given, "one of " + ", ".join(repr(c) for c in choices) + did_you_mean(given, choices))
     return given
 
 def check_range(

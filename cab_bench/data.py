@@ -609,16 +609,19 @@ DOC_SOURCES = {  # name: (folder glob under the doc root, Debian package, licenc
     "python": ("python3.*/html/_sources", "python3.11-doc", "PSF-2.0"),
     "linux": ("linux-doc-*/html/_sources", "linux-doc-6.1", "GPL-2.0")}
 
-def doc_root()->Path:
-    "Where the Debian documentation lives: `$CAB_BENCH_DOC_ROOT`, else /usr/share/doc."
-    return Path(os.environ.get("CAB_BENCH_DOC_ROOT") or "/usr/share/doc").expanduser()
+def doc_root(root=None)->Path:
+    "Where the Debian documentation lives: `root` if given, else `$CAB_BENCH_DOC_ROOT`, else /usr/share/doc."
+    return Path(root or os.environ.get("CAB_BENCH_DOC_ROOT") or "/usr/share/doc").expanduser()
 
 def _version_key(p:Path)->tuple: return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.parts[-3]))
 
-def doc_sources(which:str|None=None)->dict:
+def doc_sources(
+    which:str|None=None,   # 'python', 'linux', or None for every source present
+    root=None,             # the doc root; None: `doc_root()`
+)->dict:
     "{name: folder} of the documentation sources present ('python', 'linux'; None: all present), highest version first found."
     names = list(DOC_SOURCES) if which is None else [check_choice("docs source", which, list(DOC_SOURCES))]
-    root, out = doc_root(), {}
+    root, out = doc_root(root), {}
     for n in names:
         hits = sorted((p for p in root.glob(DOC_SOURCES[n][0]) if p.is_dir()), key=_version_key)
         if hits: out[n] = hits[-1]
@@ -631,10 +634,11 @@ def doc_sources(which:str|None=None)->dict:
 def docs_corpus(
     which:str|None=None,   # 'python', 'linux', or None for every source present
     val_frac:float=0.02,   # validation share of the files (by name score, as for any text corpus)
+    root=None,             # the doc root; None: `$CAB_BENCH_DOC_ROOT`, else /usr/share/doc
 )->Corpus:
     "The reST sources of Debian's Python and Linux documentation as a corpus, split per file."
     names, docs, prov = [], [], {}
-    for n, folder in doc_sources(which).items():
+    for n, folder in doc_sources(which, root).items():
         rels = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.txt")
                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
         if not rels: raise CabError(f"data={'docs' if which is None else 'docs:' + which!r}: {folder} holds no .txt sources (an empty corpus folder).")
@@ -646,7 +650,7 @@ def docs_corpus(
     return split_docs(f"docs-{tag}", desc, names, docs, val_frac, provenance=dict(sources=prov))
 
 def write_doc_sources(
-    root,                     # folder to use as the doc root ($CAB_BENCH_DOC_ROOT)
+    root,                     # folder to use as the doc root (`doc_root=`, or $CAB_BENCH_DOC_ROOT)
     n_files:int=12,           # files per source
     words:int=60,             # words per file
 )->Path:                      # `root`
@@ -868,6 +872,7 @@ def build_datasets(
     channels:int|None=None,       # digits: 1 or 3; None: from `data_config`, else 1
     img_size:int|None=None,       # digits: side after resizing; None: from `data_config`, else 8 (native)
     cache_dir=None,               # language: token cache; None: $CAB_BENCH_CACHE or ~/.cache/cab_bench
+    doc_root=None,                # docs: the folder holding the Debian documentation; None: $CAB_BENCH_DOC_ROOT or /usr/share/doc
     val_frac:float|None=None,     # validation share; None: 0.2 (digits, per class) or 0.02 (text, per document); fashion_mnist: None (its test split)
     augment:bool|dict=True,       # train split only: digits `DigitsAugment()`, fashion_mnist `CropFlipAugment()` (a dict: its settings), False: off; imagefolder: timm's training transform
     teacher_provenance:dict|None=None,  # language: the teacher's `provenance`; a corpus other than the one it names gives a warning
@@ -889,7 +894,7 @@ def build_datasets(
     if task == "language":
         if kind == "docs" and arg and arg not in DOC_SOURCES: raise bad_value("data", data, "'docs', " + ", ".join(f"'docs:{n}'" for n in DOC_SOURCES))
         corpus = (stdlib_corpus(val_frac or 0.02) if kind == "stdlib" else text_corpus(arg, val_frac or 0.02) if kind == "text"
-                  else docs_corpus(arg or None, val_frac or 0.02))
+                  else docs_corpus(arg or None, val_frac or 0.02, doc_root))
         b = lm_bundle(corpus, seq_len, tokenizer, cache_dir, data)
         why = corpus_mismatch(b, teacher_provenance)
         if why:

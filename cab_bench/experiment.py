@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import ast
 import json
 import math
@@ -19,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .core import CabError, bad_value
-from .runs import (DistillConfig, RunDir, content_identity, default_settings, flat_names, prepare, repeat_to, setting_docs,
-                            student_task)
+from .core import CabError, bad_value, did_you_mean
+from .runs import (DistillConfig, RunDir, content_identity, default_settings, flat_names, in_run_context, prepare, repeat_to,
+                            setting_docs, student_task)
 
 # %% auto #0
 __all__ = ['evaluate_logits', 'to_terminal', 'announce', 'TerminalProgress', 'parameters_source', 'check_injected',
@@ -120,9 +119,7 @@ def check_injected(
     known = list(known)
     for k in _injected(ns):
         if k not in known:
-            near = difflib.get_close_matches(k, known, n=1)
-            raise CabError(f"unknown parameter {k!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
-                           + f"; the parameters are: {', '.join(known)}.")
+            raise CabError(f"unknown parameter {k!r}{did_you_mean(k, known)}; the parameters are: {', '.join(known)}.")
 
 def notebook_settings(
     ns:dict,                   # the notebook's namespace, `globals()`
@@ -157,6 +154,7 @@ def from_root(path)->Path:
     cwd = Path.cwd()
     return (cwd.parent if cwd.name == "nbs" else cwd) / p
 
+@in_run_context      # the run's backend, torch_compile, chunk_elems and data_root hold for all it does
 def run(
     cfg:DistillConfig|dict,
     prepared:dict|None=None,   # what `prepare(cfg)` returned, when the caller already built it (e.g. to fail early)

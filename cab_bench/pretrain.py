@@ -72,7 +72,10 @@ def _check_train_args(steps, batch_size, lr, seed):
     check_range("seed", seed, 0, kind=int)
 
 def _one_cycle(opt, lr, steps):
-    return torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=min(0.1, 100 / steps) if steps > 1 else 0.5)
+    "Warm up over 10% of the steps (at most 100), then anneal."
+    pct = min(0.1, 100 / steps) if steps > 1 else 0.5
+    if pct * steps == 1: pct = 1.5 / steps    # OneCycleLR divides by pct * steps - 1: exactly 10 steps failed
+    return torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=pct)
 
 def pretrain_vision_teacher(
     out_dir,                    # folder to write model.safetensors (+ .json sidecar) and provenance.json to

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -20,18 +19,19 @@ from typing import Any
 
 import torch
 
-from .core import CabError, bad_value, check_choice, check_range, resolve_device, seed_everything
+from .core import CabError, bad_value, check_choice, check_range, did_you_mean, resolve_device, seed_everything
 from .guard import (RunLock, check_run_name, check_step_budget, file_sha256, identity_diff, read_json,
                              verify_provenance)
+from .ops.backend import BACKENDS
 from .train import TrainConfig
 
 # %% auto #0
 __all__ = ['TASK_DEFAULTS', 'RUN_TRAINING', 'NODES', 'PARAMETER_ORDER', 'WEIGHT_SUFFIXES', 'CONFIG', 'METRICS', 'TRAIN',
            'FIGURES', 'CONTENT', 'RUN_FILES', 'NOT_IDENTITY', 'IMPLICIT', 'OutputSettings', 'DataSettings',
            'ModelSettings', 'MethodSettings', 'flat_names', 'DistillConfig', 'setting_docs', 'default_settings',
-           'write_json', 'teacher_files', 'teacher_sha256', 'data_content', 'content_identity', 'repeat_to',
-           'student_task', 'teacher_context', 'check_student_opts', 'prepare', 'read_record', 'identity', 'RunDir',
-           'run_problem', 'find_runs']
+           'write_json', 'teacher_files', 'teacher_sha256', 'data_content', 'content_identity', 'run_context',
+           'in_run_context', 'repeat_to', 'student_task', 'teacher_context', 'check_student_opts', 'prepare',
+           'read_record', 'identity', 'RunDir', 'run_problem', 'find_runs']
 
 # %% ../nbs/55_runs.ipynb #f9c2f1bb
 TASK_DEFAULTS = {
@@ -67,11 +67,16 @@ class DataSettings:
     data_frac:float = 0.1             # fraction of the training set, in (0, 1]
     augment:bool|dict = True          # training-time augmentation of the train split; digits: or a dict like {"rotate": 0}
     seq_len:int = 128                 # language: tokens per training block (at most the teacher's context)
+    doc_root:str|None = None          # 'docs' data: the folder holding the Debian documentation; None: $CAB_BENCH_DOC_ROOT, else data.doc_root()'s
+    cache_dir:str|None = None         # language: the token cache folder; None: $CAB_BENCH_CACHE, else data.default_cache_dir()'s
     def __post_init__(self):
         _check("data", self.data, (str, type(None)), lambda v: v is None or _spec(v), "a data spec (or None)")
         _check("data_frac", self.data_frac, (int, float), lambda v: 0 < v <= 1, "a number in (0, 1]")
         _check("augment", self.augment, (bool, dict), None, "True, False, or a dict of augmentation settings (digits: shift, rotate, scale)")
         _check("seq_len", self.seq_len, int, lambda v: v > 1, "an int > 1")
+        for k in ("doc_root", "cache_dir"):
+            _check(k, getattr(self, k), (str, os.PathLike, type(None)), lambda v: v is None or bool(str(v)), "a folder path (or None)")
+            if getattr(self, k) is not None: setattr(self, k, str(getattr(self, k)))
 
 @dataclass
 class ModelSettings:
@@ -83,11 +88,20 @@ class ModelSettings:
     teacher_opts:dict = field(default_factory=dict)   # model keyword arguments for the teacher (e.g. num_classes)
     student_opts:dict = field(default_factory=dict)   # overrides of the student's registered sizes
     eval_teacher:bool = True          # also evaluate the teacher on the validation set
+    data_root:str|None = None         # where `default:` teachers are read from (a folder holding teachers/<name>/); None: $CAB_BENCH_DATA, else the package's data/
+    backend:str|None = None           # the ops' implementation for the whole run, one of cab_bench.ops.BACKENDS; None: the process default (ops.use_backend, $CAB_BENCH_BACKEND)
+    torch_compile:bool|None = None    # CUDA: run the chunked scans through torch.compile (False: eager; may round differently); None: on unless $CAB_BENCH_COMPILE=0
+    chunk_elems:int|None = None       # elements of one working tensor of the chunked scans (sets their chunk length); None: $CAB_BENCH_CHUNK_ELEMS, else each op's own budget
     def __post_init__(self):
         for n in ("teacher", "student"):
             _check(n, getattr(self, n), (str, type(None)), lambda v: v is None or _spec(v), f"a {n} name (or None)")
         for n in ("pretrained", "trust_remote_code", "eval_teacher"): _check(n, getattr(self, n), bool, None, "True or False")
         for n in ("teacher_opts", "student_opts"): _check(n, getattr(self, n), dict, None, "a dict")
+        if self.backend is not None: check_choice("backend", self.backend, BACKENDS)
+        _check("torch_compile", self.torch_compile, (bool, type(None)), None, "True, False or None")
+        _check("chunk_elems", self.chunk_elems, (int, type(None)), lambda v: v is None or v >= 1, "a positive int (or None)")
+        _check("data_root", self.data_root, (str, os.PathLike, type(None)), lambda v: v is None or bool(str(v).strip()), "a folder path (or None)")
+        if self.data_root is not None: self.data_root = str(self.data_root)
 
 @dataclass
 class MethodSettings:
@@ -112,9 +126,7 @@ def flat_names()->dict:
     return out
 
 def _unknown(k:str, known)->CabError:
-    near = difflib.get_close_matches(str(k), list(known), n=1)
-    return CabError(f"unknown setting {k!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
-                    + f"; the settings are: {', '.join(known)}.")
+    return CabError(f"unknown setting {k!r}{did_you_mean(k, known)}; the settings are: {', '.join(known)}.")
 
 @dataclass(init=False)
 class DistillConfig:
@@ -265,6 +277,25 @@ def content_identity(cfg:DistillConfig, prepared:dict)->dict:
                 code=cab_bench.__version__)
 
 # %% ../nbs/55_runs.ipynb #c206d9b4
+import contextlib, functools
+
+@contextlib.contextmanager
+def run_context(cfg:DistillConfig):
+    """The process-wide defaults a run's settings name, for the block: the ops' backend, `torch_compile`, `chunk_elems`
+    (`ops.use_ops`) and where `default:` teachers are read (`data_root`, `models.teachers.use_data_root`). A setting
+    left None keeps the process default ($CAB_BENCH_BACKEND, $CAB_BENCH_COMPILE, $CAB_BENCH_CHUNK_ELEMS, $CAB_BENCH_DATA)."""
+    from cab_bench.ops import use_ops
+    from cab_bench.models.teachers import use_data_root
+    with use_ops(backend=cfg.backend, torch_compile=cfg.torch_compile, chunk_elems=cfg.chunk_elems), use_data_root(cfg.data_root):
+        yield
+
+def in_run_context(fn):
+    "Decorate `fn(cfg, ...)` (cfg: a `DistillConfig` or its flat dict) to run inside `run_context(cfg)`."
+    @functools.wraps(fn)
+    def wrapper(cfg, *args, **kw):
+        with run_context(DistillConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg): return fn(cfg, *args, **kw)
+    return wrapper
+
 def repeat_to(ds, n:int):
     """`ds` itself when it holds at least `n` items, else `ds` repeated whole (k times) until it does.
 
@@ -327,9 +358,8 @@ def check_student_opts(
     for k, v in opts.items():
         if k not in params:
             if open_kw: continue                                  # a factory that does not say what it builds: left to it
-            near = difflib.get_close_matches(str(k), list(params), n=1)
             raise bad_value("student_opts", opts, f"settings of student {name!r} ({cls.__name__ if cls else name}): {k!r} is not "
-                            "one" + (f" (did you mean {near[0]!r}?)" if near else "") + f"; they are {', '.join(params)}")
+                            "one" + did_you_mean(str(k), list(params)) + f"; they are {', '.join(params)}")
         if hints.get(k) is int: check_range(f"student_opts[{k!r}]", v, 1, kind=int)   # sizes: depth, widths, patch, classes
         elif hints.get(k) is bool and not isinstance(v, bool): raise bad_value(f"student_opts[{k!r}]", v, "True or False")
         elif hints.get(k) is float: check_range(f"student_opts[{k!r}]", v, 0)
@@ -342,9 +372,11 @@ def _out_dir_problem(out_dir:str)->str|None:
         if q.exists(): return None if q.is_dir() else ("this is a file" if q == p else f"{q} is a file")
     return None
 
+@in_run_context
 def prepare(cfg:DistillConfig)->dict:
     "The validation pass and everything a run needs: teacher, data, student, method, device; nothing is written."
     from cab_bench.models import STUDENTS, create_student, load_teacher, parse_teacher_spec
+    from cab_bench.ops import backend_report
     from cab_bench.distill import build_method, method_names
     from cab_bench.data import Augmented, build_datasets, subset
     why = _out_dir_problem(cfg.output.out_dir)
@@ -359,6 +391,7 @@ def prepare(cfg:DistillConfig)->dict:
     weights = teacher_sha256(cfg.teacher)                        # a bundled teacher's files must match its provenance
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    if cfg.backend is not None: backend_report(device, cfg.backend)   # a backend that cannot run here: named now
     teacher = load_teacher(cfg.teacher, pretrained=cfg.pretrained, trust_remote_code=cfg.trust_remote_code, **cfg.teacher_opts)
     if teacher.kind != cfg.task:
         raise bad_value("teacher", cfg.teacher, f"a {cfg.task} teacher for task={cfg.task!r} (this one is a {teacher.kind} model)")
@@ -366,7 +399,8 @@ def prepare(cfg:DistillConfig)->dict:
     if ctx is not None and cfg.seq_len > ctx:
         raise bad_value("seq_len", cfg.seq_len, f"at most the teacher's context, {ctx} tokens ({cfg.teacher})")
     bundle = build_datasets(cfg.data, cfg.task, seq_len=cfg.seq_len, augment=cfg.augment, tokenizer=teacher.tokenizer if cfg.task == "language" else None,
-                            data_config=teacher.data_config if cfg.task == "vision" else None)
+                            data_config=teacher.data_config if cfg.task == "vision" else None,
+                            cache_dir=cfg.cache_dir, doc_root=cfg.doc_root)
     sub = subset(bundle.train, cfg.data_frac, cfg.seed)
     opts = _student_overrides(cfg, teacher, bundle)
     try: student = create_student(cfg.student, **opts)
@@ -383,7 +417,8 @@ def prepare(cfg:DistillConfig)->dict:
 # %% ../nbs/55_runs.ipynb #57e52fb2
 CONFIG, METRICS, TRAIN, FIGURES, CONTENT = "config.json", "metrics.json", "train", "figures", "content.json"
 RUN_FILES = (CONFIG, METRICS, f"{TRAIN}/latest")
-NOT_IDENTITY = ("out_dir", "analysis_samples", "progress")   # where the run is and how it is reported: not what it is
+NOT_IDENTITY = ("out_dir", "analysis_samples", "progress",   # where the run is and how it is reported: not what it is
+                "doc_root", "cache_dir", "data_root")         # where its data and teacher are read, tokens cached (content.json has what they are)
 
 def read_record(path, what:str)->dict:
     "A run's JSON file as a dict; damaged (not JSON, or not an object) it is a `CabError` naming the file."
@@ -397,7 +432,8 @@ def identity(flat:dict)->dict:
 
 # settings config.json did not hold before, with the value every run then used (augment is not one: runs before it
 # trained on plain images, so a file without it is a different run from an augmented one)
-IMPLICIT = dict(betas=[0.9, 0.999], eval_batches=None, log_every=10, keep_ckpts=2, resume=True)
+IMPLICIT = dict(betas=[0.9, 0.999], eval_batches=None, log_every=10, keep_ckpts=2, resume=True, backend=None,
+                torch_compile=None, chunk_elems=None)
 _MISSING = object()
 
 @dataclass

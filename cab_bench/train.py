@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import math
@@ -29,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from .core import CabError, bad_value, check_choice, check_range
+from .core import CabError, bad_value, check_choice, check_range, did_you_mean
 from .data import index_keys
 from .guard import (DivergenceMonitor, check_free_space, check_step_budget, checkpoint_bytes, prune_checkpoints,
                              recover_checkpoints, save_guard)
@@ -149,8 +148,7 @@ class TrainConfig:
         known = [f.name for f in fields(cls)]
         for k in d:
             if k not in known:
-                close = difflib.get_close_matches(str(k), known, n=1)
-                raise bad_value(k, d[k], "no such TrainConfig field" + (f" (did you mean {close[0]!r}?)" if close else f"; fields: {known}"))
+                raise bad_value(k, d[k], "no such TrainConfig field" + (did_you_mean(k, known) or f"; fields: {known}"))
         return cls(**d)
 
     def to_dict(self)->dict:

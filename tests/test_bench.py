@@ -30,6 +30,10 @@ def bench_module(name:str):
     return importlib.import_module(f"bench.{name}")
 
 
+# the tests of the suite's one smoke run go to one pytest-xdist worker (`--dist loadgroup`), so it runs once
+ONE_SMOKE_RUN = pytest.mark.xdist_group("bench_smoke")
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     "Run the whole suite once (about 15-30 s on two cores) and hand its folder and output to the tests."
@@ -44,6 +48,7 @@ def finite_positive(row, *keys):
         assert isinstance(v, (int, float)) and math.isfinite(v) and v > 0, (k, v, row)
 
 
+@ONE_SMOKE_RUN
 def test_every_section_records_environment_and_completes(smoke):
     _, _, res = smoke
     for s in SECTIONS:
@@ -60,6 +65,7 @@ def test_every_section_records_environment_and_completes(smoke):
     assert run["prewarm"]["status"] == "ok", run["prewarm"]
 
 
+@ONE_SMOKE_RUN
 def test_ops_every_path_and_pass(smoke):
     _, _, res = smoke
     ops = res["ops"]
@@ -75,6 +81,7 @@ def test_ops_every_path_and_pass(smoke):
     assert ops["summary"]["ssd_scan/float32/fwd+bwd"]["ref_over_chunked"] > 0
 
 
+@ONE_SMOKE_RUN
 def test_step_every_method_length_and_the_breakdowns(smoke):
     out, _, res = smoke
     step, vis = res["step"], res["vision"]
@@ -98,6 +105,7 @@ def test_step_every_method_length_and_the_breakdowns(smoke):
         assert r["phases"]["total_ms"] > 0 and (out / r["profile"]["file"]).exists()
 
 
+@ONE_SMOKE_RUN
 def test_generation_every_point(smoke):
     _, _, res = smoke
     gen = res["gen"]
@@ -109,6 +117,7 @@ def test_generation_every_point(smoke):
         assert r["new_tokens"] == st["new_tokens"]
 
 
+@ONE_SMOKE_RUN
 def test_summary_states_the_targets(smoke):
     out, stdout, _ = smoke
     md = (out / "SUMMARY.md").read_text()
@@ -149,6 +158,7 @@ def test_sweeps_stop_at_oom(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "step.json").read_text())["status"] == "complete"
 
 
+@ONE_SMOKE_RUN
 def test_summary_renders_gpu_shaped_results(smoke, tmp_path):
     "The summary's GPU-only branches (memory target, notes, kernel columns) on the smoke results with memory figures added."
     out, _, res = smoke
@@ -171,6 +181,7 @@ def test_summary_renders_gpu_shaped_results(smoke, tmp_path):
         assert "Where" in md
 
 
+@ONE_SMOKE_RUN
 def test_compare_reruns(smoke, tmp_path):
     "bench.report's compare: a run against itself is unchanged; a slowed point outside its noise range is reported as moved."
     out, _, res = smoke

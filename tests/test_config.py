@@ -90,7 +90,9 @@ def test_misspelled_setting_is_named(tmp_path):
 def test_misspelled_method_option_is_named(tiny, tmp_path):
     cfg = DistillConfig(teacher=tiny["vision"], student="vim_test", method="cab", method_opts={"lambda_algn": 1.0},
                         max_steps=2, batch_size=8, device="cpu", out_dir=str(tmp_path / "runs"))
-    refused(cfg, "lambda_algn", "'lambda_align'")
+    refused(cfg, "cab option 'lambda_algn'", "(did you mean 'lambda_align'?)")
+    with pytest.raises(CabError, match=r"method='cabb' .* \(did you mean 'cab'\?\)"):    # the method's name likewise
+        run(cfg.replace(method="cabb", method_opts={}))
 
 
 def test_seq_len_above_teacher_context(tiny, tmp_path):
@@ -162,3 +164,78 @@ def test_changed_content_is_not_reused(tiny, tmp_path):
     with pytest.raises(CabError, match="other content \\(data"): run(cfg)
     corpus.write_text(text)
     assert run(cfg)["student"] == first["student"]                     # the original text again: reused
+
+
+def test_process_settings_take_effect(tmp_path, monkeypatch):
+    """The run settings that replace process-wide variables (data_root, doc_root, cache_dir, backend, torch_compile,
+    chunk_elems) hold while the run prepares, trains and evaluates, over what the variables say; the three that only
+    say where things are read do not change a run's identity."""
+    import shutil
+    from cab_bench.data import write_doc_sources
+    from cab_bench.models.teachers import data_dir
+    from cab_bench.ops.backend import _default_backend, chunk_elems_default, compile_default, pick_backend
+    from cab_bench.ops.selective_scan import auto_chunk
+    data = tmp_path / "data"
+    shutil.copytree(data_dir() / "teachers" / "gpt2_stdlib", data / "teachers" / "gpt2_stdlib")
+    docs, cache, env_cache = write_doc_sources(tmp_path / "doc"), tmp_path / "cache", tmp_path / "env_cache"
+    for k, v in [("CAB_BENCH_DATA", tmp_path / "no_data"), ("CAB_BENCH_DOC_ROOT", tmp_path / "no_doc"),   # only the settings
+                 ("CAB_BENCH_CACHE", env_cache), ("CAB_BENCH_COMPILE", "1"), ("CAB_BENCH_CHUNK_ELEMS", "999999")]:  # find them
+        monkeypatch.setenv(k, str(v))
+    import cab_bench.data
+    asked, build = [], cab_bench.data.build_datasets
+    def spy(*a, **kw):   # where prepare tells the data to be read and cached
+        asked.append({k: str(kw[k]) for k in ("cache_dir", "doc_root")})
+        return build(*a, **kw)
+    monkeypatch.setattr(cab_bench.data, "build_datasets", spy)
+    seen = []
+    def hook(stage, step, total, loss, **kw):   # what the ops see while the run trains
+        seen.append((_default_backend[-1], pick_backend("ssd_scan", None)[0], compile_default(), chunk_elems_default(),
+                     auto_chunk(100, 10**6, torch.device("cpu")), data_dir()))
+    cfg = DistillConfig(task="language", teacher="default:language", student="mamba2_lm_test", data="docs:python", data_frac=0.5,
+                        method="soft_kd", seq_len=32, max_steps=2, batch_size=4, eval_batches=1, eval_teacher=False, device="cpu",
+                        progress=False, out_dir=str(tmp_path / "runs"), data_root=str(data), doc_root=str(docs), cache_dir=str(cache),
+                        backend="ref", torch_compile=False, chunk_elems=4096)
+    m = run(cfg, on_step=hook)
+    n_seen = len(seen)
+    assert seen and set(seen) == {("ref", "ref", False, 4096, 40, data)}
+    assert m["data"]["spec"] == "docs:python" and m["data"]["n_train"] > 0          # read from doc_root (the variable's folder is empty)
+    assert m["backend_report"]["ssd_scan"]["path"] == "ref" and m["backend_report"]["chunked"] == dict(torch_compile=False, chunk_elems=4096)
+    assert asked and all(a == dict(cache_dir=str(cache), doc_root=str(docs)) for a in asked)   # (the bundled teacher's tokenizer is
+    assert not env_cache.exists()                                                  # byte-level: nothing to cache; 40_data tests the cache)
+    content = json.loads((cfg.run_dir / "content.json").read_text())
+    assert list(content["teacher_sha256"]) == ["model.safetensors"]                # the teacher read from data_root
+    # after the run the process defaults are back
+    assert (_default_backend[-1], compile_default(), chunk_elems_default(), data_dir()) == ("auto", True, 999999, tmp_path / "no_data")
+    # where things are read is not what the run is: other folders (with the same content) reuse it; how it computes is
+    shutil.copytree(docs, tmp_path / "doc2"); shutil.copytree(data, tmp_path / "data2")
+    again = run(cfg.replace(doc_root=str(tmp_path / "doc2"), data_root=str(tmp_path / "data2"), cache_dir=str(tmp_path / "c2")), on_step=hook)
+    assert again["student"] == m["student"] and len(seen) == n_seen               # reused: nothing trained
+    for k, v in [("backend", "chunked"), ("torch_compile", True), ("chunk_elems", 8192)]:
+        with pytest.raises(CabError, match=f"with other settings \\({k}\\)"): run(cfg.replace(**{k: v}))
+
+
+@pytest.mark.parametrize("bad,words", [
+    (dict(backend="fast"), ["backend='fast' is not allowed", "'chunked'"]),
+    (dict(torch_compile="no"), ["torch_compile='no' is not allowed", "True, False or None"]),
+    (dict(chunk_elems=0), ["chunk_elems=0 is not allowed", "a positive int"]),
+    (dict(chunk_elems="4096"), ["chunk_elems='4096' is not allowed"]),
+    (dict(data_root=""), ["data_root='' is not allowed", "a folder path"]),
+    (dict(doc_root=7), ["doc_root=7 is not allowed"]),
+    (dict(cache_dir=""), ["cache_dir='' is not allowed"]),
+], ids=lambda v: "-".join(f"{k}={v!r}" for k, v in v.items()) if isinstance(v, dict) else "")
+def test_bad_process_setting_is_named(tmp_path, bad, words):
+    "A bad value of these settings is a named CabError before anything is written."
+    with pytest.raises(CabError) as e: DistillConfig(max_steps=2, device="cpu", out_dir=str(tmp_path / "runs"), **bad)
+    for w in words: assert w in str(e.value), (w, str(e.value))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_process_setting_that_cannot_run_here_is_named(tiny, tmp_path):
+    "Settings that are well-formed but cannot serve this run are named by the validation pass, with nothing written."
+    base = DistillConfig(teacher=tiny["vision"], student="vim_test", max_steps=2, batch_size=8, device="cpu", out_dir=str(tmp_path / "runs"))
+    if not torch.cuda.is_available():
+        refused(base.replace(backend="cuda"), "backend='cuda' cannot run", "not on a CUDA device")
+    refused(base.replace(teacher="default:vision", data_root=str(tmp_path / "empty")), "teacher='default:vision'",
+            f"no bundled teacher at {tmp_path / 'empty'}")
+    refused(base.replace(task="language", teacher=tiny["language"], student="mamba2_lm_test", data="docs", seq_len=32,
+                         doc_root=str(tmp_path / "no_docs")), "data='docs'")

@@ -24,9 +24,9 @@ def papermill(nb, out, *params, timeout=900):
 
 @pytest.mark.slow
 def test_run_distill_main_job(tmp_path):
-    "The embedded default at 1% of digits (a short budget here): metrics, figures, the result printed to the terminal."
-    p = papermill("nbs/run_distill.ipynb", tmp_path / "out.ipynb", ("data_frac", 0.01), ("max_steps", 30),
-                  ("out_dir", tmp_path / "runs"), ("analysis_samples", 4))
+    "The embedded default at 1% of digits (a short budget here): metrics, figures, checkpoints, the result printed to the terminal."
+    job = (("data_frac", 0.01), ("max_steps", 30), ("ckpt_every", 5), ("keep_ckpts", 6), ("out_dir", tmp_path / "runs"))
+    p = papermill("nbs/run_distill.ipynb", tmp_path / "out.ipynb", *job, ("analysis_samples", 4))
     assert p.returncode == 0, p.stderr[-3000:]
     run_dir = tmp_path / "runs" / "vision-cab-vim_digits-f0.01-s0"
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -38,9 +38,14 @@ def test_run_distill_main_job(tmp_path):
     # on the terminal: progress lines while training (stage, step, loss, steps/s, ETA), then the result as plain lines
     assert "vision-cab-vim_digits-f0.01-s0: distill step 30/30 loss" in p.stderr and "steps/s, ETA" in p.stderr
     assert "30 steps in" in p.stderr and "distill        30  align=" in p.stderr
+    # `-p ckpt_every 5` checkpoints every 5 steps (the notebook passes every setting on)
+    from cab_bench.guard import list_checkpoints
+    from cab_bench.train import load_checkpoint
+    train = run_dir / "train"
+    assert [c.name for c in list_checkpoints(train)] == [f"ckpt-{k:06d}" for k in (30, 25, 20, 15, 10, 5)]
+    assert load_checkpoint(train / "ckpt-000005").state["config"]["ckpt_every"] == 5
     # the same settings again: the finished run is reused (no training), the result printed again
-    again = papermill("nbs/run_distill.ipynb", tmp_path / "out2.ipynb", ("data_frac", 0.01), ("max_steps", 30),
-                      ("out_dir", tmp_path / "runs"), ("analysis_samples", 0))
+    again = papermill("nbs/run_distill.ipynb", tmp_path / "out2.ipynb", *job, ("analysis_samples", 0))
     assert again.returncode == 0 and "finished before, reusing it" in (tmp_path / "out2.ipynb").read_text()
     assert json.loads((run_dir / "metrics.json").read_text()) == m
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import CabError, bad_value, check_choice, check_range
+from ..core import CabError, bad_value, check_choice, check_range, did_you_mean
 from ..models.teachers import Teacher, TeacherOutput
 from ..models.students import StudentOutput, is_ssm_student
 from ..train import Stage, TrainConfig, TrainResult, check_stages, logit_stats, train
@@ -196,7 +196,7 @@ def method_names()->list:
     return sorted(METHODS)
 
 def _spec(name)->MethodSpec:
-    if name not in METHODS: raise bad_value('method', name, "one of " + ", ".join(map(repr, method_names())))
+    if name not in METHODS: raise bad_value('method', name, "one of " + ", ".join(map(repr, method_names())) + did_you_mean(name, METHODS))
     return METHODS[name]
 
 def method_options(name:str)->dict:
@@ -254,7 +254,8 @@ def build_method(
     spec = _spec(name)
     allowed = method_options(name)
     for k in opts:
-        if k not in allowed: raise bad_value(f"{name} option {k!r}", opts[k], "one of the options " + ", ".join(map(repr, allowed)))
+        if k not in allowed:
+            raise bad_value(f"{name} option {k!r}", opts[k], "one of the options " + ", ".join(map(repr, allowed)) + did_you_mean(k, allowed))
     check_pair(name, teacher, student)
     m = spec.build(teacher, student, **opts)
     m.stages = check_stages(m.stages)

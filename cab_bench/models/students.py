@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from ..core import CabError, bad_value, check_choice
+from ..core import CabError, bad_value, check_choice, did_you_mean
 from .mamba import Block, Mamba1Mixer, Mamba2Mixer, Mixer, RMSNorm, no_weight_decay
 
 # %% auto #0
@@ -138,7 +138,7 @@ class MambaLM(Student):
         norm_eps:float=1e-5, residual_in_fp32:bool=True,
     ):
         super().__init__()
-        if mixer not in MIXERS: raise bad_value("mixer", mixer, "one of " + ", ".join(map(repr, MIXERS)))
+        if mixer not in MIXERS: raise bad_value("mixer", mixer, "one of " + ", ".join(map(repr, MIXERS)) + did_you_mean(mixer, MIXERS))
         self.vocab_size, self.d_model, self.mixer_kind = vocab_size, d_model, mixer
         self.mixer_kwargs, self.tie_embeddings, self.norm_eps = dict(mixer_kwargs or {}), tie_embeddings, norm_eps
         self.backbone = nn.ModuleDict(dict(
@@ -262,7 +262,7 @@ def register_student(fn:Callable|None=None, *, task:str|None=None):
 
 def student_task(name:str)->str:
     "'vision' or 'language': the task of a registered student (recorded; a bare unannotated factory is built once on the meta device)."
-    if name not in STUDENTS: raise bad_value("student", name, "one of " + ", ".join(map(repr, sorted(STUDENTS))))
+    if name not in STUDENTS: raise bad_value("student", name, "one of " + ", ".join(map(repr, sorted(STUDENTS))) + did_you_mean(name, STUDENTS))
     if name not in STUDENT_TASKS:
         with torch.device("meta"): s = STUDENTS[name]()
         t = getattr(s, "task", None) or ("vision" if hasattr(s, "teacher_token_index") else "language")
@@ -271,7 +271,7 @@ def student_task(name:str)->str:
 
 def create_student(name:str, **overrides)->nn.Module:
     "Build a registered student, with keyword overrides of its defaults."
-    if name not in STUDENTS: raise bad_value("student", name, "one of " + ", ".join(map(repr, sorted(STUDENTS))))
+    if name not in STUDENTS: raise bad_value("student", name, "one of " + ", ".join(map(repr, sorted(STUDENTS))) + did_you_mean(name, STUDENTS))
     return STUDENTS[name](**overrides)
 
 def _vim(defaults, overrides): return Vim(**{**defaults, **overrides})

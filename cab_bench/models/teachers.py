@@ -10,6 +10,7 @@ import contextvars
 import copy
 import inspect
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -26,9 +27,9 @@ from ..guard import read_json
 # %% auto #0
 __all__ = ['TEACHER_FORMS', 'DEFAULT_TEACHERS', 'PACKAGE_TEACHERS', 'GGUF_INSTALL', 'LM_FAMILIES', 'VIT_PREFIXES',
            'CKPT_SUFFIXES', 'TINY_TIMM', 'TINY_TIMM_KWARGS', 'TINY_LM', 'SIDECAR_FORMAT', 'GGUF_TENSOR_NAMES',
-           'CAPTURES', 'CAPTURE_ATTN', 'CAPTURE_QK', 'data_dir', 'package_teacher_spec', 'default_teacher_spec',
-           'parse_teacher_spec', 'sidecar_path', 'make_tiny_teacher', 'tiny_bpe', 'make_tiny_gguf', 'TeacherOutput',
-           'Teacher', 'check_gguf', 'read_provenance', 'load_teacher']
+           'CAPTURES', 'CAPTURE_ATTN', 'CAPTURE_QK', 'use_data_root', 'data_dir', 'package_teacher_spec',
+           'default_teacher_spec', 'parse_teacher_spec', 'sidecar_path', 'make_tiny_teacher', 'tiny_bpe',
+           'make_tiny_gguf', 'TeacherOutput', 'Teacher', 'check_gguf', 'read_provenance', 'load_teacher']
 
 # %% ../../nbs/20_models.teachers.ipynb #3815d65e
 TEACHER_FORMS = ("timm:<vit_* or deit_* model name>", "timm:<model name>@<checkpoint .safetensors/.pth/.bin>",
@@ -52,9 +53,23 @@ def _bad_spec(spec, why:str|None=None)->CabError:
     return bad_value('teacher', spec, "one of the forms " + ", ".join(repr(f) for f in TEACHER_FORMS)
                      + (f" ({why})" if why else ""))
 
+_data_roots = []   # `use_data_root` stack, innermost last
+
+@contextlib.contextmanager
+def use_data_root(
+    root,          # a folder holding teachers/<name>/ (the layout of data/); None: leave the default as it is
+):
+    "Inside the block, `data_dir()` (where `default:` teachers are read from) is `root`."
+    if root is not None and (not isinstance(root, (str, os.PathLike)) or not str(root).strip()):
+        raise bad_value('data_root', root, 'a folder path (or None)')
+    if root is not None: _data_roots.append(Path(root).expanduser())
+    try: yield
+    finally:
+        if root is not None: _data_roots.pop()
+
 def data_dir()->Path:
-    "The folder holding the bundled teachers: `$CAB_BENCH_DATA`, else the installed package's `data/`, else `data/` beside the package (a checkout)."
-    import os
+    "The folder holding the bundled teachers: the innermost `use_data_root` (a run's `data_root`), else `$CAB_BENCH_DATA`, else the installed package's `data/`, else `data/` beside the package (a checkout)."
+    if _data_roots: return _data_roots[-1]
     env = os.environ.get('CAB_BENCH_DATA')
     import cab_bench
     pkg = Path(cab_bench.__file__).resolve().parent
@@ -83,11 +98,11 @@ def default_teacher_spec(
     check_choice('teacher', f'default:{kind}', [f'default:{k}' for k in (*DEFAULT_TEACHERS, *PACKAGE_TEACHERS)])
     if kind in PACKAGE_TEACHERS: return package_teacher_spec(kind)
     path = data_dir() / DEFAULT_TEACHERS[kind]
-    how = ("; it is made by `papermill nbs/pretrain_teacher.ipynb` (or point $CAB_BENCH_DATA at a folder holding "
+    how = ("; it is made by `papermill nbs/pretrain_teacher.ipynb` (or point `data_root` or $CAB_BENCH_DATA at a folder holding "
            f"{DEFAULT_TEACHERS[kind]})")
     if kind == 'fashion':
         how = ("; the Fashion-MNIST teacher is not bundled yet: train it on a GPU with `python -m bench.studies.real_assets_vision "
-               "--out data/teachers/vit_fashion` (or `cab_bench.pretrain.pretrain_fashion_teacher`), or point $CAB_BENCH_DATA at "
+               "--out data/teachers/vit_fashion` (or `cab_bench.pretrain.pretrain_fashion_teacher`), or point `data_root` or $CAB_BENCH_DATA at "
                f"a folder holding {DEFAULT_TEACHERS[kind]}")
     if kind == 'language':
         if not (path / 'config.json').is_file(): raise CabError(f"teacher='default:language': no bundled teacher at {path}{how}")

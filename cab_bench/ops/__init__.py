@@ -6,7 +6,8 @@
 __all__ = []
 
 # %% ../../nbs/19_ops.ipynb #84982fbb
-from .backend import BACKENDS, backend_report, kernel, pick_backend, triton_path, use_backend
+from .backend import (BACKENDS, backend_report, chunk_elems_default, compile_default, kernel, pick_backend, triton_path,
+                                   use_backend, use_ops)
 from .selective_scan import (selective_scan, selective_scan_ref, selective_scan_chunked,
                                           selective_scan_step, compute_dtype, random_scan_inputs)
 from .ssd import ssd_scan, ssd_scan_ref, ssd_scan_chunked, ssd_step, ssd_matrix, segsum, prep_dt, random_ssd_inputs

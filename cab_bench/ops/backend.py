@@ -13,11 +13,11 @@ from typing import Callable
 
 import torch
 
-from ..core import CabError, check_choice
+from ..core import CabError, bad_value, check_choice, check_range
 
 # %% auto #0
 __all__ = ['BACKENDS', 'KERNELS', 'TRITON_PATHS', 'AUTO_ORDER', 'auto_refusal', 'kernel', 'triton_path', 'use_backend',
-           'pick_backend', 'backend_report']
+           'compile_default', 'chunk_elems_default', 'use_ops', 'pick_backend', 'backend_report']
 
 # %% ../../nbs/10_ops.backend.ipynb #2cdcd416
 BACKENDS = ("auto", "ref", "chunked", "cuda", "triton")
@@ -76,6 +76,38 @@ def use_backend(name:str):
     try: yield
     finally: _default_backend.pop()
 
+_ops_defaults = dict(torch_compile=[], chunk_elems=[])   # `use_ops` stacks, innermost last
+
+def compile_default()->bool:
+    "Whether the chunked scans run through `torch.compile` on CUDA: the innermost `use_ops(torch_compile=)`, else on unless $CAB_BENCH_COMPILE is '0'."
+    s = _ops_defaults["torch_compile"]
+    return s[-1] if s else os.environ.get("CAB_BENCH_COMPILE", "1") != "0"
+
+def chunk_elems_default()->int|None:
+    "The chunked scans' budget of elements per working tensor: the innermost `use_ops(chunk_elems=)`, else $CAB_BENCH_CHUNK_ELEMS, else None (each op's own)."
+    s = _ops_defaults["chunk_elems"]
+    if s: return s[-1]
+    env = os.environ.get("CAB_BENCH_CHUNK_ELEMS")
+    if not env: return None
+    if not env.strip().isdigit() or int(env) < 1: raise bad_value("CAB_BENCH_CHUNK_ELEMS", env, "a positive int (elements of one working tensor)")
+    return int(env)
+
+@contextlib.contextmanager
+def use_ops(
+    backend:str|None=None,        # the ops' default backend (`use_backend`); None: left as it is
+    torch_compile:bool|None=None, # compile the chunked scans on CUDA; None: left as it is
+    chunk_elems:int|None=None,    # elements of one chunked-scan working tensor; None: left as it is
+):
+    "Set the ops' process-wide defaults for the `with` block (each checked first); None leaves a default as it is."
+    if torch_compile is not None and not isinstance(torch_compile, bool): raise bad_value("torch_compile", torch_compile, "True, False or None")
+    if chunk_elems is not None: check_range("chunk_elems", chunk_elems, 1, kind=int)
+    with use_backend(backend) if backend is not None else contextlib.nullcontext():
+        pushed = [k for k, v in (("torch_compile", torch_compile), ("chunk_elems", chunk_elems)) if v is not None]
+        for k in pushed: _ops_defaults[k].append(torch_compile if k == "torch_compile" else chunk_elems)
+        try: yield
+        finally:
+            for k in pushed: _ops_defaults[k].pop()
+
 _ABOUT = {"cuda": "{pkg} kernel on CUDA tensors",
           "triton": "Triton kernel without a build ({mod}) on CUDA tensors"}
 
@@ -124,18 +156,20 @@ def _version(pkg:str)->str|None:
 
 def backend_report(
     device:str|torch.device|None=None,  # the device calls would run on; default: CUDA when available, else CPU
-)->dict:                                # op -> {'path', 'reason'} (ssd_scan on fla also 'backward'), plus 'versions'
+    backend:str|None=None,              # the backend asked for; None: the current default (`use_backend`, $CAB_BENCH_BACKEND, 'auto')
+)->dict:                                # op -> {'path', 'reason'} (ssd_scan on fla also 'backward'), plus 'versions', 'chunked', 'device'
     "Say which path each op takes for default options on `device` here, and why."
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     probe = (torch.empty(0, device="meta"),) if dev.type != "cuda" else ()
     report = {}
     for op in KERNELS:
-        path, why = pick_backend(op, "auto", probe)
+        path, why = pick_backend(op, backend, probe)
         report[op] = dict(path=path, reason=why)
     if report["ssd_scan"]["path"] == "triton":
         unsafe = importlib.import_module(TRITON_PATHS["ssd_scan"][0]).fla_backward_unsafe(dev)
         report["ssd_scan"]["backward"] = (f"fla's forward kernel run three more times (fla's own backward is unsafe: {unsafe})"
                                           if unsafe else "fla's own backward kernels")
     report["versions"] = {p: _version(p) for p in ("torch", "mamba-ssm", "causal-conv1d", "triton", "fla-core")}
+    report["chunked"] = dict(torch_compile=compile_default() and dev.type == "cuda", chunk_elems=chunk_elems_default())
     report["device"] = str(dev)
     return report

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import CabError
-from .backend import kernel, pick_backend, triton_path
+from .backend import chunk_elems_default, compile_default, kernel, pick_backend, triton_path, use_ops
 
 # %% auto #0
 __all__ = ['SCAN_BUCKET', 'SCAN_GPU_ELEMS', 'SHORT_CPU_LEN', 'compute_dtype', 'selective_scan_ref', 'auto_chunk', 'chunk_bounds',
@@ -94,10 +94,8 @@ def auto_chunk(
     device:torch.device,
     budget:int|None=None,  # elements of one working tensor; None: 2^26 on GPU, 2^22 on CPU
 )->int:
-    "Longest chunk keeping each (batch, d, T, N) working tensor within `budget` elements (`CAB_BENCH_CHUNK_ELEMS` overrides)."
-    import os
-    env = os.environ.get("CAB_BENCH_CHUNK_ELEMS")
-    budget = int(env) if env else budget or (2**26 if device.type == "cuda" else 2**22)
+    "Longest chunk keeping each (batch, d, T, N) working tensor within `budget` elements (`chunk_elems_default()` overrides: a run's `chunk_elems`, $CAB_BENCH_CHUNK_ELEMS)."
+    budget = chunk_elems_default() or budget or (2**26 if device.type == "cuda" else 2**22)
     return max(1, min(l, budget // max(rows, 1)))
 
 def chunk_bounds(
@@ -154,9 +152,9 @@ def _chunk_bwd(u, dt, A, B, C, h_in, gy, carry, g:int):
 _COMPILED = {}
 def _chunk_fns(device:torch.device)->tuple:
     """The chunk functions: on CUDA compiled by `torch.compile` (inductor fuses each chunk's elementwise work and
-    scans into a few kernels) unless `CAB_BENCH_COMPILE=0`; eager elsewhere. Same arithmetic either way."""
-    import os
-    if device.type != "cuda" or os.environ.get("CAB_BENCH_COMPILE", "1") == "0": return _chunk_fwd, _chunk_bwd
+    scans into a few kernels) unless `compile_default()` is off (a run's `torch_compile=False`, `CAB_BENCH_COMPILE=0`);
+    eager elsewhere. The same arithmetic, though fused kernels may round differently."""
+    if device.type != "cuda" or not compile_default(): return _chunk_fwd, _chunk_bwd
     if not _COMPILED:
         _COMPILED.update(fwd=torch.compile(_chunk_fwd, dynamic=True), bwd=torch.compile(_chunk_bwd, dynamic=True))
     return _COMPILED["fwd"], _COMPILED["bwd"]
@@ -268,9 +266,8 @@ def _scan_bwd(u, dt, A, B, C, h_in, gy, carry, g:int):
 
 _SCAN_COMPILED = {}
 def _scan_fns(device:torch.device)->tuple:
-    "The scan-form chunk functions: compiled for CUDA (static shapes; see `SCAN_BUCKET`) unless `CAB_BENCH_COMPILE=0`."
-    import os
-    if device.type != "cuda" or os.environ.get("CAB_BENCH_COMPILE", "1") == "0": return _scan_fwd, _scan_bwd
+    "The scan-form chunk functions: compiled for CUDA (static shapes; see `SCAN_BUCKET`) unless `compile_default()` is off."
+    if device.type != "cuda" or not compile_default(): return _scan_fwd, _scan_bwd
     if not _SCAN_COMPILED:
         _SCAN_COMPILED.update(fwd=torch.compile(_scan_fwd, dynamic=False), bwd=torch.compile(_scan_bwd, dynamic=False))
     return _SCAN_COMPILED["fwd"], _SCAN_COMPILED["bwd"]
@@ -348,8 +345,7 @@ SCAN_GPU_ELEMS = 2**28   # the scan form's working-tensor budget on GPU: ~1 GiB 
 
 def default_form(device:torch.device)->str:
     "The chunked path's default form on `device`: 'scan' where it is compiled (CUDA), else 'cumsum'."
-    import os
-    if device.type == "cuda" and os.environ.get("CAB_BENCH_COMPILE", "1") != "0" and not _scan_available(): return "scan"
+    if device.type == "cuda" and compile_default() and not _scan_available(): return "scan"
     return "cumsum"
 
 def selective_scan_chunked(
