@@ -112,7 +112,7 @@ def test_triton_scan_interpreted_random_shapes():
         cases.append((rng.choice(["const", "shared", "grouped"]), rng.randint(1, 3), rng.choice([2, 4, 6, 12]),
                       rng.choice([1, 15, 16, 17, 33, 70]), rng.randint(1, 9), opts, rng.random() < 0.5, i))
     run_interpreted(cases)
-    run_interpreted(cases, part_max=0, bwd="states")       # the 'states' backward, its dB/dC by atomic adds
+    run_interpreted(cases[::2], part_max=0, bwd="states")  # the 'states' backward on half the cases, dB/dC by atomic adds
 
 
 # ---------------------------------------------------------------- CPU: fla's mapping and our backward
