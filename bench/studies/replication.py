@@ -9,6 +9,7 @@ which `results/make_replication.py` writes `results/REPLICATION.md`.
     python -m bench.studies.replication run --part V10 --workers 12 --out runs/replication \\
         --fashion <dir with the four idx files>                   # run a part's missing cells
     python -m bench.studies.replication collect --out runs/replication   # metrics.json -> records/*.json
+    python -m bench.studies.replication run --part V10 --workers 8 --budget 500 --records <dir> ...  # a time slice, then collect
 
 Like-for-like: the stage of every method that trains on the end task uses the same loss terms and weights
 (vision: KL at tau=1 with weight 1, no label CE, as in the CAB paper's vision recipe; language: KL 1 + CE 1), so
@@ -150,6 +151,11 @@ def _stop_now(signum, frame):
     raise _Stopped()
 
 
+def _idle_worker():
+    "Pool initializer: an idle worker ignores SIGTERM (it holds no cell; `_worker` installs the real handler)."
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _done_frac(run_dir:Path, max_steps:int)->float:
     "Share of a cell's steps its newest checkpoint holds (0 for a cell not started)."
     try: return min(1.0, int((run_dir / "train" / "latest").read_text().strip().rsplit("-", 1)[-1]) / max_steps)
@@ -164,6 +170,8 @@ def _worker(args):
     t0 = time.time()
     d = Path(cfg["out_dir"]) / cfg["run_name"]
     skip = dict(run_name=cfg["run_name"], ok=None, seconds=0.0, gpu=gpu)
+    # checked after the handler is in place: a SIGTERM before it was ignored (`_idle_worker`), but the STOP file is
+    # written before any SIGTERM is sent, so no cell starts after a stop
     if (Path(log).parent / STOP).exists(): return dict(skip, why="a stop was requested")
     left = est * (1 - _done_frac(d, cfg["max_steps"])) if est else None
     if deadline and left and t0 - t_start + left > deadline:          # would not finish in this session: leave it
@@ -196,12 +204,13 @@ def _gpu_count()->int:
 
 
 def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=None, max_steps:int|None=None,
-             gpus:int|None=None, deadline:float|None=None, est:float|None=None, slim:bool=True, labels=None)->list:
+             gpus:int|None=None, deadline:float|None=None, est:float|None=None, slim:bool=True, labels=None,
+             budget:float|None=None)->list:
     """Run a part's cells that have no metrics.json yet, `workers` processes at once, spread over `gpus` GPUs.
     `max_steps` shortens every cell (a throughput probe: its runs are named `...-probe<N>` and are not grid cells).
     With `deadline` (seconds from now) and `est` (seconds a whole cell takes), a cell is started only if what is left of
     it (after its newest checkpoint) can finish. On SIGTERM the running cells checkpoint at their step and end, and the
-    cells not yet started are left; the next call resumes them."""
+    cells not yet started are left; the next call resumes them. `budget` (seconds) sends that stop itself."""
     t_start = time.time()
     cells = [c for c in parts()[name] if labels is None or c["label"] in labels]
     if max_steps is not None:
@@ -226,8 +235,10 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
             try: os.kill(ch.pid, signal.SIGTERM)
             except ProcessLookupError: pass
     old = signal.signal(signal.SIGTERM, on_term)
+    old_alarm = signal.signal(signal.SIGALRM, on_term)          # `budget`: the same stop, from a timer
+    if budget: signal.alarm(max(1, int(budget)))
     done = []
-    pool = mp.get_context("spawn").Pool(workers, maxtasksperchild=1)
+    pool = mp.get_context("spawn").Pool(workers, initializer=_idle_worker, maxtasksperchild=1)
     try:
         for r in pool.imap_unordered(_worker, jobs):
             done.append(r)
@@ -236,7 +247,8 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
                   + (f"student={r['student']} steps/s={r.get('rate') or 0:.2f}" if r["ok"] else r["error"]), flush=True)
         pool.close(); pool.join()
     finally:
-        pool.terminate(); signal.signal(signal.SIGTERM, old)
+        signal.alarm(0)
+        pool.terminate(); signal.signal(signal.SIGTERM, old); signal.signal(signal.SIGALRM, old_alarm)
         stop_file.unlink(missing_ok=True)
     return done
 
@@ -289,9 +301,13 @@ def main(argv=None):
     r.add_argument("--deadline", type=float, default=None, help="seconds from now after which no cell should still run")
     r.add_argument("--est", type=float, default=None, help="seconds one cell takes at this concurrency (with --deadline)")
     r.add_argument("--keep_ckpts", action="store_true", help="keep finished runs' checkpoints (default: drop them)")
+    r.add_argument("--budget", type=float, default=None, help="seconds after which running cells checkpoint and stop (as on SIGTERM)")
+    r.add_argument("--records", type=Path, default=None, help="afterwards, collect the finished cells into this folder")
+    r.add_argument("--commit", default=None, help="the commit to record (default: git's HEAD, else $CAB_BENCH_COMMIT)")
     c = sub.add_parser("collect", help="compact finished runs into results/replication/records/")
     c.add_argument("--out", type=Path, default=ROOT / "runs" / "replication")
     c.add_argument("--records", type=Path, default=RECORDS)
+    c.add_argument("--commit", default=None, help="the commit to record (default: git's HEAD, else $CAB_BENCH_COMMIT)")
     a = ap.parse_args(argv)
     if a.cmd == "plan":
         for name, cells in parts().items():
@@ -299,12 +315,13 @@ def main(argv=None):
             for cl in cells: print(f"  {cl['config']['run_name']}  method={cl['config']['method']} opts={cl['config']['method_opts']}")
     elif a.cmd == "run":
         res = run_part(a.part, a.out, a.workers, a.fashion, a.limit, a.max_steps, a.gpus, a.deadline, a.est,
-                       not a.keep_ckpts, a.labels.split(',') if a.labels else None)
+                       not a.keep_ckpts, a.labels.split(',') if a.labels else None, a.budget)
         bad, skipped = [x for x in res if x["ok"] is False], [x for x in res if x["ok"] is None]
         print(f"{len(res) - len(bad) - len(skipped)} finished, {len(bad)} failed, {len(skipped)} left for later"
               f" ({sum(x['why'].startswith('stopped at') for x in skipped)} of them stopped with a checkpoint)")
+        if a.records is not None: print(f"{collect(a.out, a.records, a.commit)} records written to {a.records}")
     else:
-        print(f"{collect(a.out, a.records)} records written to {a.records}")
+        print(f"{collect(a.out, a.records, a.commit)} records written to {a.records}")
 
 
 if __name__ == "__main__":
