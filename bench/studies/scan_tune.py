@@ -10,7 +10,7 @@ with the fastest setting per shape. The backward keeps the forward's chunk lengt
 forward's per-chunk states); the 'tiles' backward also its channel block, while the 'states' backward has its own.
 
     python -m bench.studies.scan_tune --out bench/results/scan_tune_h200.json            # on a GPU
-    TRITON_INTERPRET=1 python -m bench.studies.scan_tune --smoke --out /tmp/scan_tune.json  # the code path, on a CPU
+    TRITON_INTERPRET=1 python -m bench.studies.scan_tune --smoke --out scan_tune_cpu.json    # the code path, on a CPU
 """
 from __future__ import annotations
 
