@@ -59,6 +59,36 @@ if triton is not None:
         return tl.where(tm[None, :], dt, 0.0), ddt
 
     @triton.jit
+    def _channel_consts(D_ptr, bias_ptr, ch, BD: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+        "D and the step-size bias of a program's channels (zeros when absent)."
+        Dv = tl.zeros([BD], tl.float32)
+        if HAS_D: Dv = tl.load(D_ptr + ch).to(tl.float32)
+        bias = tl.zeros([BD], tl.float32)
+        if HAS_BIAS: bias = tl.load(bias_ptr + ch).to(tl.float32)
+        return Dv, bias
+
+    @triton.jit
+    def _bwd_inputs(u_ptr, dt_ptr, z_ptr, gout_ptr, bias, pb, ch, t, L,
+                    s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl,
+                    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """A backward's (BD, T) inputs of one chunk: u, the step sizes at t (with d step/d raw) and at t + 1, the output
+        gradient, z and sigmoid(z) (zeros without z), and the gradient before the gate."""
+        tm = t < L
+        t1 = t + 1
+        u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
+        dt, ddt_raw = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+        dt1, _ = _steps(dt_ptr, bias, t1, t1 < L, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+        go = tl.load(gout_ptr + pb * s_gb + ch[:, None] * s_gd + t[None, :] * s_gl, mask=tm[None, :], other=0.0).to(tl.float32)
+        z = tl.zeros_like(go)
+        sz = tl.zeros_like(go)
+        gy = go
+        if HAS_Z:
+            z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            gy = go * z * sz
+        return u, dt, ddt_raw, dt1, go, z, sz, gy
+
+    @triton.jit
     def _ss_fwd(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ck_ptr, last_ptr,
         L, NCH, CPG,                                   # length, chunks, channels per B/C group
@@ -76,10 +106,7 @@ if triton is not None:
         tt = tl.arange(0, T)
         d_all = tl.num_programs(1) * BD
         A = tl.load(A_ptr + ch[:, None] * s_Ad + n[None, :] * s_An, mask=nm[None, :], other=0.0).to(tl.float32)
-        Dv = tl.zeros([BD], tl.float32)
-        if HAS_D: Dv = tl.load(D_ptr + ch).to(tl.float32)
-        bias = tl.zeros([BD], tl.float32)
-        if HAS_BIAS: bias = tl.load(bias_ptr + ch).to(tl.float32)
+        Dv, bias = _channel_consts(D_ptr, bias_ptr, ch, BD, HAS_D, HAS_BIAS)
         st = (pb * d_all + ch)[:, None] * NP + n[None, :]                # (BD, NP) offsets of a state
         h = tl.zeros([BD, NP], tl.float32)
         if HAS_H0: h = tl.load(h0_ptr + st)
@@ -128,10 +155,7 @@ if triton is not None:
         tt = tl.arange(0, T)
         d_all = tl.num_programs(1) * BD
         A = tl.load(A_ptr + ch[:, None] * s_Ad + n[None, :] * s_An, mask=nm[None, :], other=0.0).to(tl.float32)
-        Dv = tl.zeros([BD], tl.float32)
-        if HAS_D: Dv = tl.load(D_ptr + ch).to(tl.float32)
-        bias = tl.zeros([BD], tl.float32)
-        if HAS_BIAS: bias = tl.load(bias_ptr + ch).to(tl.float32)
+        Dv, bias = _channel_consts(D_ptr, bias_ptr, ch, BD, HAS_D, HAS_BIAS)
         st = (pb * d_all + ch)[:, None] * NP + n[None, :]
         carry = tl.zeros([BD, NP], tl.float32)                           # dLoss/dh at the chunk's end
         if HAS_GLAST: carry = tl.load(glast_ptr + st)
@@ -147,13 +171,9 @@ if triton is not None:
             c = NCH - 1 - cc
             t = c * T + tt
             tm = t < L
-            t1 = t + 1
-            tm1 = t1 < L
-            off_u = pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul
             off_g = (pb * d_all + ch[:, None]) * L + t[None, :]           # the gradients are contiguous (b, d, L)
-            u = tl.load(u_ptr + off_u, mask=tm[None, :], other=0.0).to(tl.float32)
-            dt, ddt_raw = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
-            dt1, _ = _steps(dt_ptr, bias, t1, tm1, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+            u, dt, ddt_raw, dt1, go, z, sz, gy = _bwd_inputs(u_ptr, dt_ptr, z_ptr, gout_ptr, bias, pb, ch, t, L,
+                s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, HAS_Z, HAS_BIAS, SOFTPLUS)
             m2 = nm[:, None] & tm[None, :]
             if B_CONST: Bt = Bk
             else: Bt = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + n[:, None] * s_Bn + t[None, :] * s_Bl, mask=m2, other=0.0).to(tl.float32)[None, :, :]
@@ -165,16 +185,9 @@ if triton is not None:
             x = (dt * u)[:, None, :] * Bt
             ac, xc = tl.associative_scan((a, x), 2, _compose)
             hs = ac * h[:, :, None] + xc
-            go = tl.load(gout_ptr + pb * s_gb + ch[:, None] * s_gd + t[None, :] * s_gl, mask=tm[None, :], other=0.0).to(tl.float32)
             if HAS_Z:
-                off_z = pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl
-                z = tl.load(z_ptr + off_z, mask=tm[None, :], other=0.0).to(tl.float32)
-                sz = tl.sigmoid(z)
                 pre = tl.sum(hs * Ct, 1) + Dv[:, None] * u               # output before the gate
                 tl.store(gz_ptr + off_g, (go * pre * sz * (1.0 + z * (1.0 - sz))).to(gz_ptr.dtype.element_ty), mask=tm[None, :])
-                gy = go * z * sz
-            else:
-                gy = go
             if HAS_D: gD += tl.sum(gy * u, 1)
             # adjoint g_t = C_t gy_t + A_bar_{t+1} g_{t+1}: a suffix scan; the next chunk's part enters as `carry`
             an = tl.exp(dt1[:, None, :] * A[:, :, None])
@@ -229,10 +242,7 @@ if triton is not None:
         d_all = tl.num_programs(1) * BD
         row = pb * d_all + ch                                            # (BD,) (batch, channel) rows
         st = row[:, None] * NP + n[None, :]
-        Dv = tl.zeros([BD], tl.float32)
-        if HAS_D: Dv = tl.load(D_ptr + ch).to(tl.float32)
-        bias = tl.zeros([BD], tl.float32)
-        if HAS_BIAS: bias = tl.load(bias_ptr + ch).to(tl.float32)
+        Dv, bias = _channel_consts(D_ptr, bias_ptr, ch, BD, HAS_D, HAS_BIAS)
         carry = tl.zeros([BD, NP], tl.float32)                           # dLoss/dh at the chunk's end, per state
         if HAS_GLAST: carry = tl.load(glast_ptr + st)
         gA = tl.zeros([BD, NP], tl.float32)
@@ -246,19 +256,9 @@ if triton is not None:
             c = NCH - 1 - cc
             t = c * T + tt
             tm = t < L
-            t1 = t + 1
-            tm1 = t1 < L
             off_g = row[:, None] * L + t[None, :]                         # the gradients are contiguous (b, d, L)
-            u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
-            dt, ddt_raw = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
-            dt1, _ = _steps(dt_ptr, bias, t1, tm1, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
-            go = tl.load(gout_ptr + pb * s_gb + ch[:, None] * s_gd + t[None, :] * s_gl, mask=tm[None, :], other=0.0).to(tl.float32)
-            if HAS_Z:
-                z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
-                sz = tl.sigmoid(z)
-                gy = go * z * sz
-            else:
-                gy = go
+            u, dt, ddt_raw, dt1, go, z, sz, gy = _bwd_inputs(u_ptr, dt_ptr, z_ptr, gout_ptr, bias, pb, ch, t, L,
+                s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, HAS_Z, HAS_BIAS, SOFTPLUS)
             dtu = dt * u
             gdt_acc = tl.zeros([BD, T], tl.float32)
             gu_acc = tl.zeros([BD, T], tl.float32)
