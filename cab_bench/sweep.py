@@ -19,8 +19,8 @@ from .guard import RunBusy
 from .runs import DistillConfig, RunDir
 
 # %% auto #0
-__all__ = ['grid', 'cell_state', 'run_sweep', 'summarise', 'teacher_metric', 'table_markdown', 'paired', 'paired_markdown',
-           'sweep_markdown', 'plot_sweep', 'write_sweep']
+__all__ = ['grid', 'cell_state', 'run_sweep', 'summarise', 'teacher_metric', 'table_markdown', 'paired_stats', 'paired',
+           'paired_markdown', 'sweep_markdown', 'plot_sweep', 'write_sweep']
 
 # %% ../nbs/75_sweep.ipynb #c803df97
 def _as_list(name:str, v, kind, words:str)->list:
@@ -122,6 +122,18 @@ def table_markdown(results:list[dict])->str:
     if t is not None: lines.append(f"| teacher | {t:.1f} (not data-limited) |" + " |" * (len(fracs) - 1))
     return "\n".join(lines)
 
+def paired_stats(
+    d:list,                    # paired differences, signed so that positive is the direction being tested
+)->dict:                       # diffs, mean, std, n, wins (positive differences), p
+    "Mean, std and wins of paired differences, with the two-sided paired t-test p (None with fewer than 2 pairs)."
+    from scipy.stats import ttest_1samp
+    p = None
+    if len(d) > 1:
+        if statistics.pstdev(d) > 0: p = float(ttest_1samp(d, 0.0).pvalue)    # = ttest_rel of the two sides
+        else: p = 0.0 if d[0] != 0 else 1.0       # identical differences: the t statistic is undefined
+    return dict(diffs=list(d), mean=statistics.mean(d), std=statistics.stdev(d) if len(d) > 1 else 0.0, n=len(d),
+                wins=sum(x > 0 for x in d), p=p)
+
 def paired(
     results:list[dict],
     baseline:str="vanilla",    # the method every other one is compared with
@@ -130,7 +142,6 @@ def paired(
     augmented images, so the per-seed difference removes most of the subset-to-subset spread. `diffs` are in the
     metric's units and signed so that positive means better than the baseline (top-1 up, perplexity down); `wins`
     counts seeds with a positive difference; `p` is the two-sided paired t-test (None with fewer than 2 pairs)."""
-    from scipy.stats import ttest_rel
     by = {}
     for r in results:
         if "metrics" not in r: continue
@@ -146,13 +157,7 @@ def paired(
     for per in out.values():
         for c in per.values():
             a, b = c.pop("a"), c.pop("b")
-            d = [x - y for x, y in zip(a, b)]
-            p = None
-            if len(d) > 1:
-                if statistics.pstdev(d) > 0: p = float(ttest_rel(a, b).pvalue)
-                else: p = 0.0 if d[0] != 0 else 1.0       # identical differences: the t statistic is undefined
-            c.update(diffs=d, mean=statistics.mean(d), std=statistics.stdev(d) if len(d) > 1 else 0.0, n=len(d),
-                     wins=sum(x > 0 for x in d), p=p)
+            c.update(paired_stats([x - y for x, y in zip(a, b)]))
     return out
 
 def paired_markdown(results:list[dict], baseline:str="vanilla")->str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "replication" / "records"
-from cab_bench.sweep import paired, summarise, teacher_metric   # noqa: E402
+from cab_bench.sweep import paired, paired_stats, summarise, teacher_metric   # noqa: E402
 
 ALPHA = 0.05
 EQUAL_MARGIN = 1.0        # top-1 points: "about equal" claims (B only / C only / shared bridge vs CAB)
@@ -131,6 +131,7 @@ def language_rows(results)->tuple[list, dict]:
     return rows, data
 
 
+VISION_ORDER = ("vanilla", "hard_kd", "soft_kd", "attn_reuse", "mohawk", "cab")   # the figure's lines
 SIM_FRAC = 0.1            # vision: Figure 3's comparison at the grid's 10% cells (language: the one fraction, 1.0)
 
 
@@ -158,7 +159,7 @@ def similarity_rows(results)->tuple[list, dict]:
         for base in ("vanilla", "soft_kd"):
             d = [_att(by[("cab", s)])["cosine_abs_mean"] - _att(by[(base, s)])["cosine_abs_mean"]
                  for (m, s) in by if m == "cab" and (base, s) in by]
-            diffs.append(_paired_summary(d))
+            diffs.append(paired_stats(d) if d else None)
             data[f"{task}_cosine_abs_cab_minus_{base}"] = diffs[-1]
         txt = "; ".join(f"{m} {mean(m, 'cosine_abs_mean'):.3f} (plain {mean(m, 'cosine_mean'):+.3f})" for m in ("vanilla", "soft_kd", "cab"))
         br = [_att(r, "bridged") for (m, _), r in by.items() if m == "cab" and _att(r, "bridged")]
@@ -168,15 +169,6 @@ def similarity_rows(results)->tuple[list, dict]:
             if kz: txt += f", kernelised teacher (ceiling) {statistics.mean(k['cosine_abs_mean'] for k in kz):.3f}"
         rows.append((name, pub[task], txt, _verdict(diffs)))
     return rows, data
-
-
-def _paired_summary(d:list)->dict|None:
-    "mean, std, n, wins and the one-sample t-test p of paired differences (positive = the published direction)."
-    if not d: return None
-    from scipy.stats import ttest_1samp
-    p = float(ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and statistics.pstdev(d) > 0 else None
-    return dict(diffs=d, mean=statistics.mean(d), std=statistics.stdev(d) if len(d) > 1 else 0.0, n=len(d),
-                wins=sum(x > 0 for x in d), p=p)
 
 
 def figures(results, out:Path)->list[str]:
@@ -227,9 +219,6 @@ def figures(results, out:Path)->list[str]:
         axes[0].set_title(f"{task}: teacher attention vs student, mean over seeds and heads ({frac * 100:g}% data)")
         fig.savefig(out / f"similarity_{task}.png", dpi=110); made.append(f"similarity_{task}.png")
     return made
-
-
-VISION_ORDER = ("vanilla", "hard_kd", "soft_kd", "attn_reuse", "mohawk", "cab")
 
 
 def main(records:Path=RECORDS, out:Path=HERE)->dict:
