@@ -157,9 +157,12 @@ def _idle_worker():
 
 
 def _done_frac(run_dir:Path, max_steps:int)->float:
-    "Share of a cell's steps its newest checkpoint holds (0 for a cell not started)."
-    try: return min(1.0, int((run_dir / "train" / "latest").read_text().strip().rsplit("-", 1)[-1]) / max_steps)
-    except (OSError, ValueError): return 0.0
+    "Share of a cell's steps its newest checkpoint holds (0 for a cell not started, or one whose `latest` is damaged)."
+    from cab_bench.core import CabError
+    from cab_bench.train import latest_checkpoint
+    try: ck = latest_checkpoint(run_dir / "train")
+    except CabError: return 0.0                          # train() itself recovers it on resume
+    return 0.0 if ck is None else min(1.0, int(ck.name[5:]) / max_steps)
 
 
 def _worker(args):
