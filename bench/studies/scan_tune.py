@@ -127,10 +127,10 @@ def main(argv=None):
     try:
         for name, shape in shapes.items():
             res[name] = tune(ts, shape, dev, grid, a.smoke)
+            write_json(a.out, dict(study="scan_tune", environment=environment(), defaults=defaults, grid=grid,
+                                   seconds=time.time() - t0, shapes=res))     # after each shape: a cut-off run keeps it
     finally:
         for k, v in defaults.items(): setattr(ts, k, v)
-    write_json(a.out, dict(study="scan_tune", environment=environment(), defaults=defaults, grid=grid,
-                           seconds=time.time() - t0, shapes=res))
     for name, r in res.items(): print(name, "defaults:", r["default_fwd_bwd_ms"], "ms; best:", r["best"])
 
 

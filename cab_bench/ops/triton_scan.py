@@ -22,13 +22,16 @@ __all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BWD', 
            'triton_unavailable', 'selective_scan_triton']
 
 # %% ../../nbs/14_ops.triton_scan.ipynb #b11b67ad
-SCAN_T = 16        # time steps per chunk: one associative scan over a (BD, N, T) tile (16 and 8 channels: fastest of 5 tried on an H200)
-SCAN_BD_MAX = 8    # channels per program (they share B and C, so their dB/dC are summed before the atomics)
-SCAN_WARPS = 4     # warps of a forward program
-SCAN_WARPS_BWD = 4 # warps of a backward program (it holds about twice as many (BD, N, T) tiles as the forward)
-SCAN_BWD = "tiles" # the backward kernel: 'tiles' (all N states at once in (BD, N, T) tiles) or 'states' (one state at a time
+SCAN_T = 16        # time steps per chunk: one associative scan over a (BD, N, T) tile
+SCAN_BD_MAX = 2    # channels per program of the forward and the 'tiles' backward (they share B and C: their dB/dC are summed first)
+SCAN_WARPS = 1     # warps of a forward program
+SCAN_WARPS_BWD = 2 # warps of a backward program
+SCAN_BWD = "states" # the backward kernel: 'tiles' (all N states at once in (BD, N, T) tiles) or 'states' (one state at a time
                    # in (BD, T) tiles, as mamba-ssm's CUDA kernel loops over states; fewer registers, more channels a program)
-SCAN_BWD_BD_MAX = 32   # channels per program of the 'states' backward
+SCAN_BWD_BD_MAX = 8    # channels per program of the 'states' backward
+# These defaults: least summed forward + backward time over the vim_fashion and Vim-Tiny shapes of
+# bench/studies/scan_tune.py on an H200 (bench/results/scan_tune_h200.json): 0.70 and 1.03 ms, against 1.12 and 1.80 ms
+# for the earlier ones (T 16, 8 channels, 4 warps, 'tiles').
 SCAN_BC_PART_MAX = 256 << 20   # bytes: per-token dB/dC written per channel block and summed after (deterministic, no
                                # atomics) while that buffer stays this small; above it, atomic adds into one (b, G, N, L)
 
