@@ -31,7 +31,7 @@ def load_records(records:Path=RECORDS)->list[dict]:
     for p in sorted(records.glob("*.json")):
         r = json.loads(p.read_text())
         out.append(dict(method=r["label"], data_frac=r["config"]["data_frac"], seed=r["config"]["seed"], part=r["part"],
-                        metrics=r["metrics"], commit=r["commit"], machine=r["machine"], file=p.name))
+                        metrics=r["metrics"], commit=r["commit"], machine=r["machine"], file=p.name, config=r["config"]))
     return out
 
 
@@ -221,6 +221,31 @@ def figures(results, out:Path)->list[str]:
     return made
 
 
+def _precision(r)->str:
+    "The arithmetic a run used: its `precision` setting resolved as the trainer does ('auto': bf16 autocast on a GPU)."
+    p = r["config"].get("precision", "auto")
+    return ("bf16 autocast" if r["metrics"].get("device") != "cpu" else "fp32") if p == "auto" else p
+
+
+def _recipe(r)->str:
+    "A cell's loss terms and budget, read from its record: method options, stage steps, batch."
+    opts = ", ".join(f"{k} {v}" for k, v in sorted(r["config"].get("method_opts", {}).items())) or "its defining loss"
+    stages = " + ".join(f"{k} {v}" for k, v in (r["metrics"].get("stage_steps") or {}).items())
+    return f"{opts}; {stages} steps x batch {r['config'].get('batch_size')}"
+
+
+def provenance_rows(results)->list:
+    "Per part: records, commits, machines, precision, summed run wall time (concurrent runs share one GPU under MPS)."
+    rows = []
+    for part in sorted({r["part"] for r in results}):
+        sub = [r for r in results if r["part"] == part]
+        wall = sum(r["metrics"].get("wall_time") or 0 for r in sub) / 3600
+        rows.append([part, str(len(sub)), ", ".join(sorted({r["commit"][:10] for r in sub})),
+                     ", ".join(sorted({r["machine"] for r in sub})), ", ".join(sorted({_precision(r) for r in sub})),
+                     f"{wall:.2f}"])
+    return rows
+
+
 def main(records:Path=RECORDS, out:Path=HERE)->dict:
     "Write REPLICATION.md, replication.json and replication/figures/ under `out` from the records; returns the JSON."
     results = load_records(records)
@@ -255,12 +280,26 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
         lines.append("|---" * (len(fr) + 1) + "|")
         for lab, per in s.items():
             lines.append(f"| {lab} | " + " | ".join(_fmt(per[f]) if f in per else "–" for f in fr) + " |")
+        t = teacher_metric(sub)
+        if t is not None:
+            lines.append(f"| teacher ({sub[0]['config'].get('teacher')}) | " + " | ".join(f"{t:.1f}" for _ in fr) + " |")
+        recipes = {}
+        for r in sub: recipes.setdefault(r["method"], set()).add(_recipe(r))
+        lines += ["", f"Loss terms and budgets of the {task} cells (from the records):", "", "| cell | options; steps |",
+                  "|---|---|"] + [f"| {lab} | {' / '.join(sorted(v))} |" for lab, v in sorted(recipes.items())]
+    prov = provenance_rows(results)
+    if prov:
+        lines += ["", "## Provenance", "", "Summed run time counts each run's wall clock; the runs of a part ran several "
+                  "at once on one GPU (CUDA MPS), so the GPU time spent is less than this sum.", "",
+                  "| part | records | commits | machines | precision | summed run time (h) |", "|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in prov]
     if figs:
         lines += ["", "## Figures", ""] + [f"![{f}](replication/figures/{f})" for f in figs]
     out.mkdir(parents=True, exist_ok=True)
     (out / "REPLICATION.md").write_text("\n".join(lines) + "\n")
     js = dict(vision=vdata, language=ldata, similarity=sdata, n_records=len(results), commits=commits, machines=machines,
-              figures=figs)
+              figures=figs, provenance=[dict(zip(("part", "records", "commits", "machines", "precision", "run_hours"), row))
+                                        for row in prov])
     (out / "replication.json").write_text(json.dumps(js, indent=1, default=str))
     print(f"wrote {out / 'REPLICATION.md'} from {len(results)} records")
     return js

@@ -268,6 +268,20 @@ def _gpu()->str:
     except Exception: return "unknown"
 
 
+def portable(rec:dict)->dict:
+    """A record without the machine's own folders: a `fashion_mnist:<folder>` source (a copy of the four idx files on
+    the machine that ran it; the subset's sha256 stays in the record) is written as `fashion_mnist`."""
+    cfg, data = rec.get("config", {}), (rec.get("metrics") or {}).get("data") or {}
+    spec = cfg.get("data")
+    if isinstance(spec, str) and spec.startswith("fashion_mnist:"):
+        folder = spec.split(":", 1)[1]
+        cfg["data"] = "fashion_mnist"
+        if data.get("spec") == spec: data["spec"] = "fashion_mnist"
+        if isinstance(data.get("description"), str):
+            data["description"] = data["description"].replace(f"({folder})", "(a copy of the standard idx files)")
+    return rec
+
+
 def collect(out:Path, records:Path=RECORDS, commit:str|None=None)->int:
     "Compact every finished run of the grid under `out` into records/<run_name>.json (the report's only input)."
     from cab_bench.guard import read_json
@@ -283,7 +297,7 @@ def collect(out:Path, records:Path=RECORDS, commit:str|None=None)->int:
                                           "device", "backend_report")}
             rec = dict(part=part, label=c["label"], config=cfg, metrics=keep, commit=commit, machine=gpu,
                        host=socket.gethostname(), python=platform.python_version())
-            (records / f"{c['config']['run_name']}.json").write_text(json.dumps(rec, indent=1, default=str))
+            (records / f"{c['config']['run_name']}.json").write_text(json.dumps(portable(rec), indent=1, default=str))
             n += 1
     return n
 
