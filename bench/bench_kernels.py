@@ -1,13 +1,13 @@
 """Build-free scans against the chunked PyTorch paths and mamba-ssm's kernels (issue 15's targets).
 
-    python -m bench.bench_kernels [--tune] [--out bench/results] [--smoke] [--ops selective_scan,ssd_scan]
+    python -m bench.bench_kernels [--out bench/results] [--smoke] [--ops selective_scan,ssd_scan]
 
 Selective scan (Mamba-1; shared B/C, D, z, delta_bias, softplus, as Mamba's block calls it) at the Vim-Tiny shape
 (batch 128, d 384, L 197, N 16) and over L 1K-16K (batch 2, d 1536, N 16); SSD (Mamba-2; one group, D, dt_bias,
 softplus) at (batch 8, L 2048, 24 heads x 64, N 128) and over L 1K-16K (batch 2). Forward and forward + backward
 times (median of `triton.testing.do_bench`), the peak memory of forward + backward above the inputs, and the
-relative difference of each path's output and gradients from the first path measured. `--tune` first times a few
-tile configurations of the Triton selective scan and measures the rest with the fastest.
+relative difference of each path's output and gradients from the first path measured. The Triton selective scan
+runs with the module's launch settings (chosen by `bench.studies.scan_tune`, recorded in the JSON).
 Writes kernels.json and kernels.md (each target of issue 15 with its ratio and verdict) under `--out`.
 """
 from __future__ import annotations
@@ -111,30 +111,6 @@ def run_paths(kind:str, call_of, x:dict, paths:list[str])->dict:
     return res
 
 
-TUNE = [(32, 4, 4), (32, 8, 4), (64, 4, 4), (16, 8, 4), (64, 8, 8)]
-
-
-def tune()->dict:
-    "Time the Triton scan's tile configurations (T, BD_MAX, warps) at the Vim shape and at L 16K; keep the fastest."
-    out = []
-    xs = {"vim": scan_inputs(**VIM), "L16384": scan_inputs(2, 1536, 16384, 16)}
-    for T, bd, w in TUNE:
-        ts.SCAN_T, ts.SCAN_BD_MAX, ts.SCAN_WARPS = T, bd, w
-        row = dict(T=T, BD_MAX=bd, warps=w)
-        try:
-            for name, x in xs.items():
-                row[name] = measure(scan_call("triton"), x)[0]["fwdbwd_ms"]
-        except Exception as e:
-            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-        print("  tune", row, flush=True)
-        out.append(row)
-    ok = [r for r in out if "error" not in r]
-    if not ok: raise RuntimeError(f"no tile configuration of the Triton scan ran: {out}")
-    best = min(ok, key=lambda r: r["vim"] / min(o["vim"] for o in ok) + r["L16384"] / min(o["L16384"] for o in ok))
-    ts.SCAN_T, ts.SCAN_BD_MAX, ts.SCAN_WARPS = best["T"], best["BD_MAX"], best["warps"]
-    return dict(rows=out, chosen=best)
-
-
 def verdicts(res:dict)->list[dict]:
     "Issue 15's op-level targets: the Triton paths' fwd + bwd time (<= 1.0x) and scan peak memory (<= 1.5x) vs mamba-ssm."
     rows = []
@@ -163,10 +139,8 @@ def markdown(out:dict)->str:
              f"fla-core {env['fla-core']}. Median of `triton.testing.do_bench`; peak = forward + backward's peak "
              "allocation above the inputs. `triton` = our Triton selective scan, or fla-core's kernels for SSD "
              f"(backward: {out['report']['ssd_scan'].get('backward', '-')}).", ""]
-    if out.get("tune"):
-        c = out["tune"]["chosen"]
-        lines += [f"Triton scan tiles: T={c['T']} steps, up to {c['BD_MAX']} channels per program, {c['warps']} warps "
-                  f"(fastest of {len(out['tune']['rows'])} tried).", ""]
+    c = out.get("triton_scan_config")
+    if c: lines += ["Triton scan launch settings: " + ", ".join(f"{k} {v}" for k, v in c.items()) + ".", ""]
     for op in ("selective_scan", "ssd_scan"):
         if op not in out: lines += [f"## {op}", "", "Not measured in this run.", ""]; continue
         lines += [f"## {op}", "", "| shape | path | fwd ms | fwd+bwd ms | peak MB | rel. diff (out / max grad) |",
@@ -193,7 +167,6 @@ def markdown(out:dict)->str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results")
-    ap.add_argument("--tune", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="small shapes, for checking the script")
     ap.add_argument("--ops", default="selective_scan,ssd_scan", help="comma-separated: selective_scan, ssd_scan")
     ap.add_argument("--chunked-sweep", action="store_true", help="also time the chunked paths over the whole sweep")
@@ -212,9 +185,9 @@ def main():
     mamba = kernel("selective_scan")[0] is not None
     d = Path(a.out); d.mkdir(parents=True, exist_ok=True)
     save = lambda: (d / "kernels.json").write_text(json.dumps(out, indent=1) + "\n")   # after each shape: a cut-off run keeps what it measured
-    out["tune"] = tune() if a.tune and not a.smoke else None
+    out["triton_scan_config"] = {k: getattr(ts, k) for k in ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_BWD",
+                                                              "SCAN_BWD_BD_MAX", "SCAN_WARPS_BWD")}
     save()
-    out["triton_scan_config"] = dict(T=ts.SCAN_T, BD_MAX=ts.SCAN_BD_MAX, warps=ts.SCAN_WARPS)
     sweep = (1024, 2048) if a.smoke else SWEEP
     if "selective_scan" in ops: out["selective_scan"] = {}
     vim = dict(VIM, b=8) if a.smoke else VIM

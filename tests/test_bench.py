@@ -247,3 +247,19 @@ def test_stage_step_is_the_trainers_step(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
     assert not torch.equal(s.layers[0].mixer.in_proj.weight, pair()[1].layers[0].mixer.in_proj.weight)
 
+
+
+def test_step_vs_mamba_script(tmp_path):
+    "Both sides run in their own processes; without mamba-ssm built, no ratio is called met."
+    out = tmp_path / "svm.json"
+    r = subprocess.run([sys.executable, "-m", "bench.studies.step_vs_mamba", "--smoke", "--cases", "vim_tiny_cab,mamba2_lm_cab",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(out.read_text())
+    assert set(d["sides"]) == {"with", "without"}
+    for side in d["sides"].values():
+        assert set(side["cases"]) == {"vim_tiny_cab", "mamba2_lm_cab"} and all(c["ms"] > 0 for c in side["cases"].values())
+    assert d["sides"]["without"]["report"]["versions"]["mamba-ssm"] is None or d["sides"]["without"]["report"]["selective_scan"]["path"] != "cuda"
+    for v in d["ratios"].values():
+        assert v["verdict"].startswith("no comparison") and v["ratio"] > 0
+    assert not list(tmp_path.glob("svm.*.json"))          # the children's files are folded in and removed
