@@ -263,3 +263,20 @@ def test_step_vs_mamba_script(tmp_path):
     for v in d["ratios"].values():
         assert v["verdict"].startswith("no comparison") and v["ratio"] > 0
     assert not list(tmp_path.glob("svm.*.json"))          # the children's files are folded in and removed
+
+
+def test_generation_smollm2_script(tmp_path):
+    "Every prompt x batch x model point is timed, with state sizes and student/teacher ratios (tiny pair, any device)."
+    out = tmp_path / "gen.json"
+    r = subprocess.run([sys.executable, "-m", "bench.studies.generation_smollm2", "--smoke", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(out.read_text())
+    assert {(x["model"], x["prompt"], x["batch"]) for x in d["rows"]} == {(m, L, b) for m in ("student", "teacher")
+                                                                       for L in (64, 256) for b in (1, 2)}
+    assert all(x["decode_tokens_per_s"] > 0 and x["state_mb"] > 0 for x in d["rows"])
+    t = {(x["prompt"], x["batch"]): x["state_mb"] for x in d["rows"] if x["model"] == "teacher"}
+    assert t[(256, 1)] > t[(64, 1)] and t[(64, 2)] == pytest.approx(2 * t[(64, 1)])    # the KV cache grows; the state does not
+    s = {(x["prompt"], x["batch"]): x["state_mb"] for x in d["rows"] if x["model"] == "student"}
+    assert s[(256, 1)] == s[(64, 1)]
+    assert set(d["student_vs_teacher"]) == {f"prompt{L}_b{b}" for L in (64, 256) for b in (1, 2)}

@@ -254,6 +254,34 @@ def test_fla_ssd_matches_reference(seed):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("l", [2048, 8192])
+def test_fla_replacement_backward_long_sequences(l):
+    """The backward built from fla's forward kernel at language-model lengths, against the chunked SSD in float64:
+    every gradient, fp32 and bf16 inputs, strong and weak decay (where long sequences hurt a reversed scan most)."""
+    need_triton("ssd_scan")
+    for A_scale, seed in ((1.0, 0), (0.05, 1)):                  # A as drawn (fast decay) and 20x smaller (slow)
+        x = random_ssd_inputs(b=1, l=l, h=4, p=64, g=1, n=64, dtype=torch.float64, device=DEV, seed=seed)
+        x["A"] = x["A"] * A_scale
+        keys = ["x", "dt", "A", "B", "C", "D", "dt_bias", "initial_states"]
+
+        def run(fn, dtype, **kw):
+            a = {k: x[k].to(dtype).clone().requires_grad_() for k in keys}
+            y, s = fn(a["x"], a["dt"], a["A"], a["B"], a["C"], 256, D=a["D"], dt_bias=a["dt_bias"],
+                      initial_states=a["initial_states"], dt_softplus=True, return_final_states=True, **kw)
+            gen = torch.Generator(device=DEV).manual_seed(2)
+            gy = torch.randn(y.shape, generator=gen, device=DEV, dtype=torch.float64)
+            gs = torch.randn(s.shape, generator=gen, device=DEV, dtype=torch.float64)
+            ((y.double() * gy).sum() + (s.double() * gs).sum()).backward()
+            return {"y": y.detach(), "s": s.detach(), **{k: a[k].grad for k in keys}}
+
+        ref = run(ssd_scan, torch.float64, backend="chunked")
+        for dtype, tol in ((torch.float32, 5e-3), (torch.bfloat16, 5e-2)):
+            got = run(ssd_scan_fla, dtype, backward="fwd-kernels")
+            errs = {k: rel(got[k], ref[k]) for k in ref}
+            assert all(e < tol for e in errs.values()), (l, A_scale, dtype, errs)
+
+
+@pytest.mark.cuda
 def test_fla_ssd_matches_mamba_ssm():
     "Against mamba-ssm's Triton SSD at a Mamba-2 shape (groups, D, z, dt_bias, softplus, states)."
     need_triton("ssd_scan"); need_kernel("ssd_scan")
