@@ -246,6 +246,19 @@ def provenance_rows(results)->list:
     return rows
 
 
+def progress_rows(results)->list:
+    "Per part of the pre-registered grid (`bench.studies.replication.parts`): cells planned, recorded, still to run."
+    if str(HERE.parent) not in sys.path: sys.path.insert(0, str(HERE.parent))      # the repository root holds `bench`
+    from bench.studies.replication import parts
+    have = {r["file"][:-len(".json")] for r in results}
+    rows = []
+    for name, cells in parts().items():
+        todo = [c for c in cells if c["config"]["run_name"] not in have]
+        left = sorted({c["label"] for c in todo})
+        rows.append([name, str(len(cells)), str(len(cells) - len(todo)), ", ".join(left) if left else "–"])
+    return rows
+
+
 def main(records:Path=RECORDS, out:Path=HERE)->dict:
     "Write REPLICATION.md, replication.json and replication/figures/ under `out` from the records; returns the JSON."
     results = load_records(records)
@@ -287,6 +300,9 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
         for r in sub: recipes.setdefault(r["method"], set()).add(_recipe(r))
         lines += ["", f"Loss terms and budgets of the {task} cells (from the records):", "", "| cell | options; steps |",
                   "|---|---|"] + [f"| {lab} | {' / '.join(sorted(v))} |" for lab, v in sorted(recipes.items())]
+    prog = progress_rows(results)
+    lines += ["", "## Grid progress", "", "| part | cells planned | recorded | labels with cells still to run |",
+              "|---|---|---|---|"] + ["| " + " | ".join(row) + " |" for row in prog]
     prov = provenance_rows(results)
     if prov:
         lines += ["", "## Provenance", "", "Summed run time counts each run's wall clock; the runs of a part ran several "
@@ -299,7 +315,8 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
     (out / "REPLICATION.md").write_text("\n".join(lines) + "\n")
     js = dict(vision=vdata, language=ldata, similarity=sdata, n_records=len(results), commits=commits, machines=machines,
               figures=figs, provenance=[dict(zip(("part", "records", "commits", "machines", "precision", "run_hours"), row))
-                                        for row in prov])
+                                        for row in prov],
+              progress=[dict(zip(("part", "planned", "recorded", "to_run"), row)) for row in prog])
     (out / "replication.json").write_text(json.dumps(js, indent=1, default=str))
     print(f"wrote {out / 'REPLICATION.md'} from {len(results)} records")
     return js
