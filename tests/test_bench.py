@@ -5,6 +5,7 @@ The GPU configuration is the same code with larger shapes (`python -m bench.run_
 import importlib
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -280,3 +281,18 @@ def test_generation_smollm2_script(tmp_path):
     s = {(x["prompt"], x["batch"]): x["state_mb"] for x in d["rows"] if x["model"] == "student"}
     assert s[(256, 1)] == s[(64, 1)]
     assert set(d["student_vs_teacher"]) == {f"prompt{L}_b{b}" for L in (64, 256) for b in (1, 2)}
+
+
+@pytest.mark.slow
+def test_scan_tune_script(tmp_path):
+    "The tuner's code path under Triton's interpreter: every setting checked against the defaults, a best one chosen."
+    out = tmp_path / "st.json"
+    r = subprocess.run([sys.executable, "-m", "bench.studies.scan_tune", "--smoke", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900, env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(out.read_text())["shapes"]["tiny"]
+    kinds = {(x["kind"], x.get("SCAN_BWD")) for x in d["rows"]}
+    assert kinds == {("fwd", None), ("fwd_bwd", "tiles"), ("fwd_bwd", "states")}
+    assert all("error" not in x and x["err"] < 1e-4 for x in d["rows"])          # the interpreter computes in fp32
+    assert d["default_fwd_bwd_ms"] > 0 and d["best"]["fwd_bwd_ms"] > 0
+    assert {"SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_BWD", "SCAN_WARPS_BWD"} <= set(d["best"])

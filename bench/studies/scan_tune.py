@@ -28,8 +28,13 @@ SHAPES = {        # name: (batch, channels, length, d_state, dt_rank)
     "vim_fashion": (128, 384, 50, 16, 12),
     "vim_tiny": (64, 384, 197, 16, 12),
     "long": (2, 1536, 4096, 16, 48),
+    "long16k": (2, 1536, 16384, 16, 48),     # not in the default --shapes: the 16K end of the bench's sweep
 }
 GRID = dict(T=(8, 16, 32), BD_MAX=(2, 4, 8, 16), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4, 8), BWD_BD_MAX=(8, 16, 32, 64))
+# Long sequences: few programs (batch x channels / block) each walk many chunks one after another, so longer chunks
+# (fewer sequential steps, more work per step) and fewer channels per program (more programs) are tried there.
+LONG_GRID = dict(T=(16, 32, 64, 128), BD_MAX=(1, 2, 4), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4, 8), BWD_BD_MAX=(2, 4, 8, 16))
+SHAPE_GRIDS = {"long": LONG_GRID, "long16k": LONG_GRID}
 
 
 def inputs(b, d, l, N, R, dev, dtype=torch.bfloat16, seed=0):
@@ -106,14 +111,14 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool)->dict:
                             fwd_ms=f["ms"], bwd_ms=bwd_ms, fwd_bwd_ms=f["ms"] + bwd_ms))
     best = min(est, key=lambda r: r["fwd_bwd_ms"]) if est else None
     default = next((r["ms"] for r in ok if r["kind"] == "fwd_bwd" and all(r.get(k, saved[k]) == saved[k] for k in saved)), None)
-    return dict(shape=dict(zip(("batch", "d", "L", "N", "dt_rank"), shape)), rows=rows, estimates=est, best=best,
+    return dict(shape=dict(zip(("batch", "d", "L", "N", "dt_rank"), shape)), grid=grid, rows=rows, estimates=est, best=best,
                 default_fwd_bwd_ms=default)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    ap.add_argument("--shapes", default="vim_fashion,vim_tiny,long", help=f"comma-separated, of {', '.join(SHAPES)}")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and two settings (for Triton's interpreter)")
     a = ap.parse_args(argv)
     import cab_bench.ops.triton_scan as ts
@@ -121,12 +126,15 @@ def main(argv=None):
     if why: raise SystemExit(f"scan_tune: the Triton scan cannot run here: {why}")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     defaults = {k: getattr(ts, k) for k in ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_WARPS_BWD", "SCAN_BWD", "SCAN_BWD_BD_MAX")}
+    bad = [k for k in a.shapes.split(",") if k not in SHAPES]
+    if bad and not a.smoke: raise SystemExit(f"scan_tune: --shapes {bad} not allowed; expected some of {', '.join(SHAPES)}")
     shapes = {"tiny": (2, 8, 21, 4, 2)} if a.smoke else {k: SHAPES[k] for k in a.shapes.split(",")}
-    grid = dict(T=(8, 16), BD_MAX=(4,), WARPS=(4,), WARPS_BWD=(4,), BWD_BD_MAX=(4, 8)) if a.smoke else GRID
+    grid = (dict(T=tuple(sorted({8, ts.SCAN_T})), BD_MAX=(ts.SCAN_BD_MAX,), WARPS=(ts.SCAN_WARPS,), WARPS_BWD=(ts.SCAN_WARPS_BWD,),
+                 BWD_BD_MAX=tuple(sorted({4, ts.SCAN_BWD_BD_MAX}))) if a.smoke else GRID)   # smoke: around the defaults
     res, t0 = {}, time.time()
     try:
         for name, shape in shapes.items():
-            res[name] = tune(ts, shape, dev, grid, a.smoke)
+            res[name] = tune(ts, shape, dev, grid if a.smoke else SHAPE_GRIDS.get(name, grid), a.smoke)
             write_json(a.out, dict(study="scan_tune", environment=environment(), defaults=defaults, grid=grid,
                                    seconds=time.time() - t0, shapes=res))     # after each shape: a cut-off run keeps it
     finally:
