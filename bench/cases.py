@@ -105,7 +105,7 @@ def n_params(module)->int: return sum(p.numel() for p in module.parameters())
 # (label, method, stage, options, what it computes); the order is the priority under the time cap
 LM_METHODS = [
     ("soft_kd", "soft_kd", "kd", dict(ce=1.0), "KL + CE"),
-    ("cab", "cab", "distill", dict(two_stage=False), "one stage: CE + 0.5 KL + 0.5 align (bridge on B/C vs teacher K/Q)"),
+    ("cab", "cab", "distill", dict(two_stage=False), "one stage: CE + KL + 0.5 align (bridge on B/C vs teacher K/Q)"),
     ("mohawk_orient", "mohawk", "orient", {}, "MOHAWK stage 1: per-head Frobenius loss of materialised mixer matrices vs attention"),
     ("cab_align", "cab", "align", {}, "CAB's language stage 1 (two-stage default): alignment only"),
     ("hedgemamba_hedgehog", "hedgemamba", "hedgehog", {}, "HedgeMamba stage 1: Hedgehog feature maps, cosine loss per layer"),

@@ -80,7 +80,7 @@ def targets(res:dict)->tuple[list, list]:
         cab, kd = step_row(step, "cab", L), step_row(step, "soft_kd", L)
         ratio = cab["ms"] / kd["ms"] if cab and kd else None
         b = cab["batch"] if cab else "-"
-        rows.append(["CAB step time / soft_kd step time", f"L={L}, batch {b}; CAB one stage (CE + 0.5 KL + 0.5 align) vs soft_kd (KL + CE)",
+        rows.append(["CAB step time / soft_kd step time", f"L={L}, batch {b}; CAB one stage (CE + KL + 0.5 align) vs soft_kd (KL + CE)",
                      f"{f(ratio)} ({f(cab and cab['ms'], 1)} / {f(kd and kd['ms'], 1)} ms)", f"<= {TARGETS['time']}",
                      verdict(ratio, TARGETS["time"], True) if ratio else why_missing(step, ("cab", "soft_kd"), L)])
         others = [f"L={r['L']}: {r['ms'] / k['ms']:.2f}" for r in sorted(step["results"], key=lambda r: r["L"])

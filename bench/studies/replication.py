@@ -86,7 +86,7 @@ LANGUAGE = dict(task="language", teacher="default:smollm2", student="mamba2_smol
                 batch_size=32, max_steps=1280, lr=1e-3, weight_decay=0.05, warmup_frac=0.05, precision="auto",
                 eval_teacher=True, ckpt_every=100)
 L_KD = dict(tau=1.0, ce=1.0)         # the end-task stage of every KD method: KL 1 + CE 1 (their KL weight is 1 by definition)
-L_HEDGE = dict(kl=1.0, ce=1.0, tau=1.0)   # the same for HedgeMamba's stage 2, whose KL weight defaults to 0
+L_HEDGE = dict(kl=1.0, ce=1.0, tau=1.0)   # the same for HedgeMamba's stage 2 (the package default; the paper's is kl 0)
 LANGUAGE_METHODS = {
     "vanilla": ("vanilla", {}),
     "soft_kd": ("soft_kd", L_KD),

@@ -6,8 +6,8 @@
 __all__ = []
 
 # %% ../../nbs/39_distill.ipynb #123b1d2b
-from .core import (DistillModule, LossTerm, LOSS_TERMS, METHODS, Method, MethodSpec, Params, STUDENT,
-                                    StepContext, build_method, ce_loss, check_mamba, check_outputs, check_pair, check_tokens,
+from .core import (DistillModule, END_TASK, LossTerm, LOSS_TERMS, METHODS, Method, MethodSpec, Params, STUDENT,
+                                    StepContext, build_method, ce_loss, check_mamba, check_outputs, check_pair, check_tokens, end_task_weights,
                                     layer_map, method_names, method_options, register_loss, register_method, to_student_tokens)
 from .init import (AttnWeights, Copy, InitReport, attention_weights, attn_reuse_init_, check_width,
                                     mamba_mixers, module_attention_weights, transfer_weights_)

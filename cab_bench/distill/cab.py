@@ -17,7 +17,7 @@ from ..models.teachers import Teacher
 from ..models.mamba import up
 from ..train import Stage
 from .core import (STUDENT, DistillModule, Method, Params, check_mamba, check_outputs, check_tokens, layer_map,
-                                    register_loss, register_method, to_student_tokens)
+                                    end_task_weights, register_loss, register_method, to_student_tokens)
 
 # %% auto #0
 __all__ = ['KERNELS', 'BC_NAMES', 'cab_b_only', 'cab_c_only', 'cab_shared_bridge', 'cab_default_init', 'teacher_kernel',
@@ -177,13 +177,13 @@ def check_cab(method, teacher, student):
 @register_method('cab', check=check_cab)
 def cab(teacher:Teacher, student:nn.Module, *,
         lambda_align:float|None=None,  # one stage: weight of the alignment; None: 3 (vision), 0.5 (language)
-        kl:float|None=None,            # one stage: weight of the KL; None: 1 (vision), 0.5 (language)
-        ce:float|None=None,            # one stage: weight of the label CE; None: 0 (vision), 1 (language)
+        kl:float|None=None,            # one stage: weight of the KL; None: `END_TASK`'s (1)
+        ce:float|None=None,            # one stage: weight of the label CE; None: `END_TASK`'s (vision 0, language 1)
         align_until:float=1.0,         # one stage: fraction of the stage after which the alignment stops
         two_stage:bool|None=None,      # alignment-only stage, then KD; None: True for language, False for vision
         align_share:float|None=None,   # two stages: step share of the alignment stage; None: 0.1
-        stage2_kl:float|None=None,     # two stages: KL weight of the KD stage; None: 1
-        stage2_ce:float|None=None,     # two stages: CE weight of the KD stage; None: 1
+        stage2_kl:float|None=None,     # two stages: KL weight of the KD stage; None: `END_TASK`'s (1)
+        stage2_ce:float|None=None,     # two stages: CE weight of the KD stage; None: `END_TASK`'s (vision 0, language 1)
         tau:float=1.0,                 # KL temperature
         kernel:str='softmax',          # teacher-side kernel: 'softmax' or 'identity'
         rope:str='post',               # RoPE teachers: Q/K 'post' or 'pre' rotary embedding
@@ -204,10 +204,10 @@ def cab(teacher:Teacher, student:nn.Module, *,
     if unused: raise bad_value(unused[0], given[unused[0]], f"to be left out with two_stage={two_stage} (it sets the "
                                f"{'one-stage' if two_stage else 'two-stage'} schedule)")
     lam = (3.0 if vision else 0.5) if lambda_align is None else lambda_align
-    kl = (1.0 if vision else 0.5) if kl is None else kl
-    ce = (0.0 if vision else 1.0) if ce is None else ce
-    share, kl2, ce2 = (0.1 if align_share is None else align_share), (1.0 if stage2_kl is None else stage2_kl), (1.0 if stage2_ce is None else stage2_ce)
-    for k, v in dict(lambda_align=lam, kl=kl, ce=ce, stage2_kl=kl2, stage2_ce=ce2).items(): check_range(k, v, 0)
+    end = end_task_weights(teacher, stage2_kl, stage2_ce) if two_stage else end_task_weights(teacher, kl, ce)
+    kl, ce = (None, None) if two_stage else (end['kl'], end['ce'])
+    share, kl2, ce2 = (0.1 if align_share is None else align_share), end['kl'], end['ce']
+    check_range('lambda_align', lam, 0)
     check_range('align_until', align_until, 0, 1, lo_open=True); check_choice('A_init', A_init, ('identity', 'default'))
     settings = dict(tau=tau, kernel=kernel, align_checkpoint=align_checkpoint)
     _check_align(settings); check_range('tau', tau, 0, lo_open=True); check_choice('rope', rope, ('pre', 'post'))

@@ -21,9 +21,10 @@ from ..models.students import StudentOutput, is_ssm_student
 from ..train import Stage, TrainConfig, TrainResult, check_stages, logit_stats, train
 
 # %% auto #0
-__all__ = ['LOSS_TERMS', 'METHODS', 'STUDENT', 'layer_map', 'to_student_tokens', 'ce_loss', 'LossTerm', 'register_loss',
-           'StepContext', 'DistillModule', 'Method', 'MethodSpec', 'register_method', 'method_names', 'method_options',
-           'check_outputs', 'check_tokens', 'check_mamba', 'check_pair', 'build_method', 'Params']
+__all__ = ['LOSS_TERMS', 'METHODS', 'END_TASK', 'STUDENT', 'layer_map', 'to_student_tokens', 'ce_loss', 'LossTerm',
+           'register_loss', 'StepContext', 'DistillModule', 'Method', 'MethodSpec', 'register_method', 'method_names',
+           'method_options', 'check_outputs', 'check_tokens', 'check_mamba', 'check_pair', 'build_method',
+           'end_task_weights', 'Params']
 
 # %% ../../nbs/30_distill.core.ipynb #277c7fb1
 def layer_map(
@@ -261,6 +262,20 @@ def build_method(
     m.stages = check_stages(m.stages)
     m.opts = {**allowed, **opts, **m.opts}
     return m
+
+# %% ../../nbs/30_distill.core.ipynb #ee86e01c
+END_TASK = {'vision': dict(kl=1.0, ce=0.0), 'language': dict(kl=1.0, ce=1.0)}
+
+def end_task_weights(
+    teacher:Teacher,         # its `kind` ('vision' / 'language') picks the recipe
+    kl:float|None=None,      # None: `END_TASK`'s
+    ce:float|None=None,      # None: `END_TASK`'s
+)->dict:                     # {'kl': float, 'ce': float}
+    "The end-task stage's loss weights for `teacher`'s task: `END_TASK`'s where None, else as given (each >= 0)."
+    base = END_TASK[teacher.kind]
+    out = dict(kl=base['kl'] if kl is None else kl, ce=base['ce'] if ce is None else ce)
+    for k, v in out.items(): check_range(k, v, 0)
+    return {k: float(v) for k, v in out.items()}
 
 # %% ../../nbs/30_distill.core.ipynb #1c593ecb
 class Params:

@@ -19,7 +19,7 @@ from ..models.mamba import Mamba2Mixer, inv_softplus, up
 from ..models.students import MambaLM, Student, StudentOutput
 from ..ops import ssd_scan
 from ..train import Stage
-from .core import DistillModule, Method, Params, layer_map, register_loss, register_method
+from .core import DistillModule, Method, Params, end_task_weights, layer_map, register_loss, register_method
 from .init import AttnWeights, module_attention_weights
 
 # %% auto #0
@@ -245,13 +245,13 @@ def check_hedgemamba(method:str, teacher:Teacher, student):
                        f"by a Mamba2Mixer); got a {type(student).__name__} with {getattr(student, 'mixer_kind', 'no Mamba-2')} mixers. "
                        "Pass student=None.")
 
-def _hedgemamba(name, teacher, student, stage1_share, attn_ce, chunk_size, A_log, kl=0.0, ce=1.0, tau=1.0)->Method:
+def _hedgemamba(name, teacher, student, stage1_share, attn_ce, chunk_size, A_log, kl=None, ce=None, tau=1.0)->Method:
     if isinstance(student, MambaLM):
         warnings.warn(f"{name}: the student is built from the teacher (a HedgeMambaLM); of the given MambaLM only its "
                       "chunk_size is used")
         chunk_size = student.layers[0].mixer.chunk_size
     check_range('stage1_share', stage1_share, 0, 1, hi_open=True); check_range('attn_ce', attn_ce, 0)
-    check_range('kl', kl, 0); check_range('ce', ce, 0)
+    w = end_task_weights(teacher, kl, ce); kl, ce = w['kl'], w['ce']
     if not (kl or ce): raise CabError(f"{name}: kl=0 and ce=0 leave stage 2 (mamba) without a loss; give kl > 0 or ce > 0")
     check_range('chunk_size', chunk_size, 1, kind=int)
     st = student if isinstance(student, HedgeMambaLM) else hedgehog_to_mamba2_(linearize(teacher, chunk_size), chunk_size, A_log)
@@ -271,17 +271,17 @@ def _hedgemamba(name, teacher, student, stage1_share, attn_ce, chunk_size, A_log
 def hedgemamba(teacher:Teacher, student=None, *,
                stage1_share:float=0.1,   # share of the steps for stage 1 (Hedgehog feature maps); the paper's best split 10/90
                attn_ce:float=0.0,        # weight of Hedgehog's attention-weight CE next to the cosine distance
-               kl:float=0.0,             # stage 2: weight of the KL to the teacher's logits (the paper: 0, CE only)
-               ce:float=1.0,             # stage 2: weight of next-token CE
+               kl:float|None=None,       # stage 2: weight of the KL to the teacher's logits; None: `END_TASK` (1; the paper: 0)
+               ce:float|None=None,       # stage 2: weight of next-token CE; None: `END_TASK` (1)
                tau:float=1.0,            # temperature of that KL
                chunk_size:int=64,        # SSD chunk length of the mixers
                A_log:float=-30.0,        # A = -exp(A_log) ~ 0
               )->Method:
-    "HedgeMamba: Hedgehog linearisation (feature maps only), then its exact Mamba-2 embedding trained with next-token CE."
+    "HedgeMamba: Hedgehog linearisation (feature maps only), then its exact Mamba-2 embedding trained on the end task."
     return _hedgemamba('hedgemamba', teacher, student, stage1_share, attn_ce, chunk_size, A_log, kl, ce, tau)
 
 @register_method('hedgemamba_one_step', check=check_hedgemamba)
 def hedgemamba_one_step(teacher:Teacher, student=None, *, chunk_size:int=64, A_log:float=-30.0,
-                        kl:float=0.0, ce:float=1.0, tau:float=1.0)->Method:
-    "HedgeMamba's one-step ablation: no Hedgehog stage, the identity-map Mamba-2 embedding trained with CE."
+                        kl:float|None=None, ce:float|None=None, tau:float=1.0)->Method:
+    "HedgeMamba's one-step ablation: no Hedgehog stage, the identity-map Mamba-2 embedding trained on the end task."
     return _hedgemamba('hedgemamba_one_step', teacher, student, 0.0, 0.0, chunk_size, A_log, kl, ce, tau)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from ..core import check_range
 from ..models.teachers import Teacher
 from ..train import Stage
-from .core import DistillModule, Method, STUDENT, check_mamba, check_outputs, register_loss, register_method
+from .core import (DistillModule, Method, STUDENT, check_mamba, check_outputs, end_task_weights, register_loss,
+                                    register_method)
 from .init import attn_reuse_init_, check_width
 
 # %% auto #0
@@ -42,9 +43,10 @@ def check_kd(method, teacher, student): check_outputs(method, teacher, student)
 def check_attn_reuse(method, teacher, student):
     check_mamba(method, teacher, student); check_outputs(method, teacher, student); check_width(method, teacher, student)
 
-def _kd_losses(first:str, ce:float)->dict:
-    check_range('ce', ce, 0)
-    return {first: 1.0, **({'ce': float(ce)} if ce else {})}
+def _kd_losses(first:str, teacher:Teacher, ce:float|None)->dict:
+    "The end-task stage of a KD method: `first` ('kl' at `END_TASK`'s weight, or 'hard' at 1) plus the label CE."
+    w = end_task_weights(teacher, ce=ce)
+    return {first: w['kl'] if first == 'kl' else 1.0, **({'ce': w['ce']} if w['ce'] else {})}
 
 @register_method('vanilla')
 def vanilla(teacher:Teacher, student:nn.Module)->Method:
@@ -54,23 +56,23 @@ def vanilla(teacher:Teacher, student:nn.Module)->Method:
 @register_method('soft_kd', check=check_kd)
 def soft_kd(teacher:Teacher, student:nn.Module, *,
             tau:float=1.0,    # temperature
-            ce:float=0.0,     # weight of the label CE next to the KL
+            ce:float|None=None,   # weight of the label CE next to the KL; None: `END_TASK` (vision 0, language 1)
            )->Method:
     "Soft KD: KL(teacher || student) at temperature tau, times tau^2 (+ optional CE)."
     return Method('soft_kd', DistillModule(teacher, student, ['kl', 'ce'], settings=dict(tau=tau)),
-                  [Stage('kd', STUDENT, _kd_losses('kl', ce))])
+                  [Stage('kd', STUDENT, _kd_losses('kl', teacher, ce))])
 
 @register_method('hard_kd', check=check_kd)
 def hard_kd(teacher:Teacher, student:nn.Module, *,
-            ce:float=0.0,     # weight of the label CE next to the hard-label CE
+            ce:float|None=None,   # weight of the label CE next to the hard-label CE; None: `END_TASK` (vision 0, language 1)
            )->Method:
     "DeiT-style hard KD: CE against the teacher's argmax (+ optional CE on the labels)."
-    return Method('hard_kd', DistillModule(teacher, student, ['hard', 'ce']), [Stage('kd', STUDENT, _kd_losses('hard', ce))])
+    return Method('hard_kd', DistillModule(teacher, student, ['hard', 'ce']), [Stage('kd', STUDENT, _kd_losses('hard', teacher, ce))])
 
 @register_method('attn_reuse', check=check_attn_reuse)
-def attn_reuse(teacher:Teacher, student:nn.Module, *, tau:float=1.0, ce:float=0.0)->Method:
+def attn_reuse(teacher:Teacher, student:nn.Module, *, tau:float=1.0, ce:float|None=None)->Method:
     "Attention-weight reuse init (V->x, K->B, Q->C, O->out_proj; embeddings/norms/head), then soft KD."
-    _check_tau(dict(tau=tau)); check_range('ce', ce, 0)                  # before the student is changed
+    _check_tau(dict(tau=tau)); losses = _kd_losses('kl', teacher, ce)    # checked before the student is changed
     report = attn_reuse_init_(student, teacher)
     return Method('attn_reuse', DistillModule(teacher, student, ['kl', 'ce'], settings=dict(tau=tau)),
-                  [Stage('kd', STUDENT, _kd_losses('kl', ce))], report={'init': report})
+                  [Stage('kd', STUDENT, losses)], report={'init': report})

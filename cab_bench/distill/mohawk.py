@@ -73,16 +73,17 @@ def check_mohawk(method, teacher, student):
 @register_method('mohawk', check=check_mohawk)
 def mohawk(teacher:Teacher, student:nn.Module, *,
            shares:tuple=(0.05, 0.10, 0.85),   # step shares of orientation, hidden alignment, end-to-end KD
-           tau:float=1.0, ce:float=0.0,
+           tau:float=1.0,
+           ce:float|None=None,                 # label CE of the KD stage; None: `END_TASK` (vision 0, language 1)
           )->Method:
     "MOHAWK: matrix orientation, hidden-state alignment, then weight transfer + end-to-end soft KD."
     if len(shares) != 3: raise bad_value('shares', shares, "three step shares (orient, hidden, kd) summing to 1")
-    check_range('tau', tau, 0, lo_open=True); check_range('ce', ce, 0)   # before the weight transfer changes the student
+    check_range('tau', tau, 0, lo_open=True); kd = _kd_losses('kl', teacher, ce)   # before the weight transfer changes the student
     report = transfer_weights_(student, teacher)
     mixers = Params(modules=[b.mixer for b in student.layers], label='student mixers')
     blocks = Params(modules=list(student.layers), label='student blocks')
     stages = [Stage('orient', mixers, {'mohawk_attn': 1.0}, share=shares[0]),
               Stage('hidden', blocks, {'mohawk_hidden': 1.0}, share=shares[1]),
-              Stage('kd', STUDENT, _kd_losses('kl', ce), share=shares[2])]
+              Stage('kd', STUDENT, kd, share=shares[2])]
     dm = DistillModule(teacher, student, ['mohawk_attn', 'mohawk_hidden', 'kl', 'ce'], settings=dict(tau=tau))
     return Method('mohawk', dm, stages, report={'init': report})
