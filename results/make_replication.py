@@ -274,7 +274,8 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
              f"Records: {len(results)}; commits: {', '.join(c[:10] for c in commits) or '–'}; machines: {', '.join(machines) or '–'}.", "",
              "Like-for-like: every method's end-task stage uses the same loss terms (vision: KL at tau 1, no CE; language: "
              "KL + CE, weight 1 each); vanilla (label CE) and hard_kd (CE on the teacher's argmax) keep their defining loss; "
-             "all runs of a table have the same step budget, batch and data subset per seed.", "",
+             "all runs of a table have the same step budget, batch and data subset per seed. The grid names these weights in "
+             "every cell's options; they are also the package's defaults (`cab_bench.distill.END_TASK`).", "",
              "Verdicts follow rules fixed before the runs (see the script's docstring). Attention similarity: the verdict "
              "uses the cosine between the teacher's softmax attention and the magnitude |M| of the student's effective "
              "attention, because the signs of B and C are not identifiable (flipping C and the output projection gives "
