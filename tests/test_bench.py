@@ -244,8 +244,10 @@ def test_stage_step_is_the_trainers_step(tmp_path):
     t2, s2 = pair(); m2 = build_method("soft_kd", t2, s2)
     train(m2.module, m2.stages, ds, None, TrainConfig(max_steps=1, batch_size=4, lr=1e-2, warmup_frac=0.0, clip_grad=1.0,
           device="cpu", progress=False, out_dir=str(tmp_path / "train")))
+    # the trainer draws the batch in its own order: sums differ in rounding, and Adam's first step (about lr * sign(g)
+    # per weight, 1e-2 here) turns that into a few 1e-6 where a gradient is near 0; a missed or different step is 1e-2
     for (n, a), b in zip(s.state_dict().items(), s2.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=n)
     assert not torch.equal(s.layers[0].mixer.in_proj.weight, pair()[1].layers[0].mixer.in_proj.weight)
 
 

@@ -263,7 +263,7 @@ def build_method(
     m.opts = {**allowed, **opts, **m.opts}
     return m
 
-# %% ../../nbs/30_distill.core.ipynb #ee86e01c
+# %% ../../nbs/30_distill.core.ipynb #f4f6c09b
 END_TASK = {'vision': dict(kl=1.0, ce=0.0), 'language': dict(kl=1.0, ce=1.0)}
 
 def end_task_weights(
