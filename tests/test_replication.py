@@ -33,6 +33,8 @@ def test_grid_is_the_preregistered_one():
                 if m.startswith("hedgemamba"): assert (o["kl"], o["ce"], o["tau"]) == (1.0, 1.0, 1.0)
                 if m == "cab": assert (o["stage2_kl"], o["stage2_ce"]) == (1.0, 1.0)
     assert sorted(c["config"]["seed"] for c in p["V10"] if c["label"] == "cab") == [0, 1, 2]
+    from cab_bench.distill import END_TASK                   # the grid's weights are the package's defaults
+    assert END_TASK == dict(vision=dict(kl=1.0, ce=0.0), language=dict(kl=1.0, ce=1.0))
 
 
 SCRIPT = r'''
