@@ -234,15 +234,24 @@ def _recipe(r)->str:
     return f"{opts}; {stages} steps x batch {r['config'].get('batch_size')}"
 
 
-def provenance_rows(results)->list:
-    "Per part: records, commits, machines, precision, summed run wall time (concurrent runs share one GPU under MPS)."
+def load_sessions(records:Path=RECORDS)->list[dict]:
+    "The runner's time records (records/_sessions/*.json: one per call of the runner; cells, wall time, workers)."
+    return [json.loads(p.read_text()) for p in sorted((records / "_sessions").glob("*.json"))]
+
+
+def provenance_rows(results, sessions=())->list:
+    """Per part: records, commits, machines, precision, summed run wall time (concurrent runs share one GPU under MPS),
+    and the GPU time the runner held for the part (its calls' wall time; 'not recorded' before those records began)."""
     rows = []
     for part in sorted({r["part"] for r in results}):
         sub = [r for r in results if r["part"] == part]
         wall = sum(r["metrics"].get("wall_time") or 0 for r in sub) / 3600
+        mine = [x for x in sessions if x["part"] == part]
+        held = (f"{sum(x['seconds'] for x in mine) / 3600:.2f} ({len(mine)} calls, up to {max(x['workers'] for x in mine)} "
+                f"runs at once)" if mine else "not recorded")
         rows.append([part, str(len(sub)), ", ".join(sorted({r["commit"][:10] for r in sub})),
                      ", ".join(sorted({r["machine"] for r in sub})), ", ".join(sorted({_precision(r) for r in sub})),
-                     f"{wall:.2f}"])
+                     f"{wall:.2f}", held])
     return rows
 
 
@@ -304,18 +313,22 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
     prog = progress_rows(results)
     lines += ["", "## Grid progress", "", "| part | cells planned | recorded | labels with cells still to run |",
               "|---|---|---|---|"] + ["| " + " | ".join(row) + " |" for row in prog]
-    prov = provenance_rows(results)
+    prov = provenance_rows(results, load_sessions(records))
     if prov:
         lines += ["", "## Provenance", "", "Summed run time counts each run's wall clock; the runs of a part ran several "
-                  "at once on one GPU (CUDA MPS), so the GPU time spent is less than this sum.", "",
-                  "| part | records | commits | machines | precision | summed run time (h) |", "|---|---|---|---|---|---|"]
+                  "at once on one GPU (CUDA MPS), so the GPU time spent is less than this sum. GPU time held is the wall "
+                  "time of the runner's calls for the part (`records/_sessions/`); calls made before the runner kept "
+                  "these records say 'not recorded' (for them, the device logs in `replication/device_logs/`).", "",
+                  "| part | records | commits | machines | precision | summed run time (h) | GPU time held (h) |",
+                  "|---|---|---|---|---|---|---|"]
         lines += ["| " + " | ".join(row) + " |" for row in prov]
     if figs:
         lines += ["", "## Figures", ""] + [f"![{f}](replication/figures/{f})" for f in figs]
     out.mkdir(parents=True, exist_ok=True)
     (out / "REPLICATION.md").write_text("\n".join(lines) + "\n")
     js = dict(vision=vdata, language=ldata, similarity=sdata, n_records=len(results), commits=commits, machines=machines,
-              figures=figs, provenance=[dict(zip(("part", "records", "commits", "machines", "precision", "run_hours"), row))
+              figures=figs, provenance=[dict(zip(("part", "records", "commits", "machines", "precision", "run_hours",
+                                                  "gpu_hours_held"), row))
                                         for row in prov],
               progress=[dict(zip(("part", "planned", "recorded", "to_run"), row)) for row in prog])
     (out / "replication.json").write_text(json.dumps(js, indent=1, default=str))

@@ -98,6 +98,11 @@ def test_sigterm_stops_with_checkpoints_and_the_next_call_resumes(tmp_path):
     assert [r["ok"] for r in again] == [True, True]
     for c in cells: _same(tmp_path / "ref" / c["config"]["run_name"], out / c["config"]["run_name"])
     assert rep.collect(out, tmp_path / "records", commit="test") == 0        # not grid cells: nothing collected
+    sessions = sorted((tmp_path / "records" / rep.SESSIONS).glob("T-*.json"))  # but each runner call's time record
+    got = sorted((json.loads(f.read_text()) for f in sessions), key=lambda g: g["started_unix"])
+    assert len(got) == 2 and all(g["part"] == "T" and g["seconds"] > 0 and g["workers"] == 1 for g in got), got
+    assert got[0]["cells"]["t-soft_kd"] == f"stopped at step {step}" and got[0]["cells"]["t-vanilla"] != "finished"
+    assert got[1]["cells"] == {"t-soft_kd": "finished", "t-vanilla": "finished"}
 
 
 def _record(label, frac, seed, top1, task="vision", cos_abs=0.3, teacher=0.9, part="V10"):
@@ -126,6 +131,8 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
                  _record("cab_b_only", 0.1, s, b + 0.05 + 0.002 * s - 0.004, part="VABL"),
                  _record("cab_default_init", 0.1, s, b + 0.07, part="VABL")]
     for i, r in enumerate(rows): (rec / f"r{i}.json").write_text(json.dumps(r))
+    (rec / "_sessions").mkdir()
+    (rec / "_sessions" / "V10-1.json").write_text(json.dumps(dict(part="V10", seconds=1800.0, workers=6, cells={})))
     js = mr.main(rec, tmp_path)
     md = (tmp_path / "REPLICATION.md").read_text()
     verdict = {l.split(" | ")[0].lstrip("| "): l.rstrip(" |").split(" | ")[-1] for l in md.splitlines() if l.startswith("| CAB") or l.startswith("| Hedge")}
@@ -144,3 +151,5 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
     assert "CAB bridged 0.360 (plain +0.600), kernelised teacher (ceiling) 0.900" in md
     assert sorted(js["figures"]) == ["similarity_vision.png", "vision_top1.png"]
     for f in js["figures"]: assert (tmp_path / "replication" / "figures" / f).read_bytes()[:4] == b"\x89PNG"
+    held = {p["part"]: p["gpu_hours_held"] for p in js["provenance"]}
+    assert held == {"V10": "0.50 (1 calls, up to 6 runs at once)", "VABL": "not recorded"}

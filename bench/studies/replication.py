@@ -43,6 +43,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = ROOT / "results" / "replication" / "records"
+SESSIONS = "_sessions"                 # under RECORDS: one JSON per runner call (its wall time holding the GPU)
 
 SEEDS = (0, 1, 2)                    # vision; chosen before any run
 LM_SEEDS = (0, 1)                    # language main comparison
@@ -253,7 +255,20 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
         signal.alarm(0)
         pool.terminate(); signal.signal(signal.SIGTERM, old); signal.signal(signal.SIGALRM, old_alarm)
         stop_file.unlink(missing_ok=True)
+        _write_session(out, name, t_start, workers, ngpu, todo, done)
     return done
+
+
+def _write_session(out:Path, part:str, t_start:float, workers:int, ngpu:int, todo:list, done:list):
+    """One JSON per call of `run_part` under out/_logs/sessions/: when it ran, for how long (the GPU time this part
+    held, its runs sharing the GPUs), with how many processes, which cells it ran and how each ended."""
+    end = {r["run_name"]: ("finished" if r["ok"] else "failed" if r["ok"] is False else r["why"]) for r in done}
+    rec = dict(part=part, started=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)), started_unix=round(t_start, 3),
+               seconds=round(time.time() - t_start, 1), workers=workers, gpus=ngpu, machine=_gpu(),
+               cells={c["config"]["run_name"]: end.get(c["config"]["run_name"], "not reached") for c in todo})
+    d = out / "_logs" / "sessions"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{part}-{time.strftime('%Y%m%dT%H%M%S', time.localtime(t_start))}-{os.getpid()}.json").write_text(json.dumps(rec, indent=1))
 
 
 def _commit()->str:
@@ -299,6 +314,10 @@ def collect(out:Path, records:Path=RECORDS, commit:str|None=None)->int:
                        host=socket.gethostname(), python=platform.python_version())
             (records / f"{c['config']['run_name']}.json").write_text(json.dumps(portable(rec), indent=1, default=str))
             n += 1
+    sessions = records / SESSIONS                   # the runner's own time records, kept beside the runs' records
+    for f in sorted((out / "_logs" / "sessions").glob("*.json")):
+        sessions.mkdir(parents=True, exist_ok=True)
+        if not (sessions / f.name).exists(): shutil.copyfile(f, sessions / f.name)
     return n
 
 
