@@ -30,10 +30,13 @@ def settings(smoke:bool)->dict:
 
 
 def state_bytes(kind:str, model, b:int, total_len:int)->int:
-    "Bytes of what generation carries per step: the teacher's bf16 K/V cache, or the student's conv + SSM states."
+    """Bytes of what generation carries per step: the teacher's bf16 K/V cache (its key-value heads: all heads for
+    GPT-2, fewer for grouped-query Llamas), or the student's conv + SSM states."""
     if kind == "teacher":
         c = model.model.config
-        return 2 * c.n_layer * b * total_len * c.n_embd * 2
+        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return 2 * c.num_hidden_layers * b * total_len * kv_heads * head_dim * 2
     return sum(t.numel() * t.element_size() for layer in model.layers
                for t in layer.mixer.empty_cache(b, device="meta", dtype=torch.bfloat16).values())
 

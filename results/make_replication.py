@@ -259,7 +259,7 @@ def progress_rows(results)->list:
     "Per part of the pre-registered grid (`bench.studies.replication.parts`): cells planned, recorded, still to run."
     if str(HERE.parent) not in sys.path: sys.path.insert(0, str(HERE.parent))      # the repository root holds `bench`
     from bench.studies.replication import parts
-    have = {r["file"][:-len(".json")] for r in results}
+    have = {r["config"].get("run_name") for r in results}
     rows = []
     for name, cells in parts().items():
         todo = [c for c in cells if c["config"]["run_name"] not in have]

@@ -29,13 +29,6 @@ from bench.benchlib import Guard, MB, device, environment, free_memory, write_js
 PROMPTS, BATCHES, NEW = (2048, 16384), (1, 16), 256
 
 
-def teacher_state_bytes(teacher, b:int, total:int)->int:
-    "bf16 K and V of every layer over `total` positions (grouped-query heads)."
-    c = teacher.model.config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return 2 * c.num_hidden_layers * b * total * c.num_key_value_heads * head_dim * 2
-
-
 def _models(smoke:bool, student_run, dev):
     from cab_bench.models import create_student, load_teacher
     if smoke:                  # a tiny Llama teacher written to disk and loaded back: the same loading path, no assets
@@ -85,7 +78,7 @@ def main(argv=None):
                 if r is None:
                     res["skipped"].append(dict(where, why=why)); print(f"{kind} prompt={L} b={b}: {why}", flush=True)
                     free_memory(); continue
-                sb = teacher_state_bytes(teacher, b, L + n) if kind == "teacher" else state_bytes("student", model, b, L + n)
+                sb = state_bytes(kind, model, b, L + n)
                 res["rows"].append(dict(where, new_tokens=n, state_mb=sb / MB, **r))
                 print(f"{kind:7s} prompt={L:<6d} b={b:<3d} prefill {r['prefill_ms']:8.1f} ms  decode "
                       f"{r['decode_tokens_per_s']:9.1f} tok/s  peak {r['peak_gb'] or 0:.2f} GB  state {sb / MB:.1f} MB", flush=True)

@@ -205,8 +205,7 @@ def cab(teacher:Teacher, student:nn.Module, *,
                                f"{'one-stage' if two_stage else 'two-stage'} schedule)")
     lam = (3.0 if vision else 0.5) if lambda_align is None else lambda_align
     end = end_task_weights(teacher, stage2_kl, stage2_ce) if two_stage else end_task_weights(teacher, kl, ce)
-    kl, ce = (None, None) if two_stage else (end['kl'], end['ce'])
-    share, kl2, ce2 = (0.1 if align_share is None else align_share), end['kl'], end['ce']
+    share = 0.1 if align_share is None else align_share
     check_range('lambda_align', lam, 0)
     check_range('align_until', align_until, 0, 1, lo_open=True); check_choice('A_init', A_init, ('identity', 'default'))
     settings = dict(tau=tau, kernel=kernel, align_checkpoint=align_checkpoint)
@@ -216,12 +215,12 @@ def cab(teacher:Teacher, student:nn.Module, *,
     if two_stage:
         check_range('align_share', share, 0, 1, lo_open=True, hi_open=True)
         stages = [Stage('align', both, {'align': 1.0}, share=share),
-                  Stage('kd', STUDENT, {t: float(w) for t, w in (('ce', ce2), ('kl', kl2)) if w}, share=1 - share)]
-        opts = dict(two_stage=True, align_share=share, stage2_kl=kl2, stage2_ce=ce2)
+                  Stage('kd', STUDENT, {t: w for t, w in (('ce', end['ce']), ('kl', end['kl'])) if w}, share=1 - share)]
+        opts = dict(two_stage=True, align_share=share, stage2_kl=end['kl'], stage2_ce=end['ce'])
     else:
-        losses = {t: float(w) for t, w in (('ce', ce), ('kl', kl), ('align', lam)) if w}
+        losses = {t: float(w) for t, w in (('ce', end['ce']), ('kl', end['kl']), ('align', lam)) if w}
         stages = [Stage('distill', both if lam else STUDENT, losses, until={'align': align_until} if lam and align_until < 1 else {})]
-        opts = dict(two_stage=False, lambda_align=lam, kl=kl, ce=ce)
+        opts = dict(two_stage=False, lambda_align=lam, kl=end['kl'], ce=end['ce'])
     report = {'A_init': init_A_identity_(student, A_log) if A_init == 'identity' else 'default'}
     dm = DistillModule(teacher, student, ['align', 'kl', 'ce'], modules=dict(bridge=bridge), settings=settings,
                        teacher_kwargs=dict(rope=rope))
