@@ -157,6 +157,28 @@ def time_once(fn, dev:torch.device)->float:
     t0 = time.perf_counter(); fn(); return (time.perf_counter() - t0) * 1e3
 
 
+def profile_top(fn, dev:torch.device, steps:int=3, top:int=30)->dict:
+    """Where the time of `fn()` goes: torch.profiler over `steps` calls, per call.
+
+    `kernels` lists the GPU kernels (events with device time and no CPU time of their own), the most device time
+    first, with their share of the summed kernel time; `ops` the operators and autograd functions that contain them
+    (their device time includes their kernels, so their rows overlap)."""
+    from torch.profiler import profile, ProfilerActivity
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps): fn()
+        sync(dev)
+    ev = list(prof.key_averages())
+    kern = [e for e in ev if e.device_time_total > 0 and e.cpu_time_total == 0]
+    total = sum(e.device_time_total for e in kern) / steps / 1e3
+    row = lambda e: dict(name=e.key[:140], device_ms=e.device_time_total / steps / 1e3, calls=e.count / steps)
+    kernels = [dict(row(e), share=(e.device_time_total / steps / 1e3) / total if total else None)
+               for e in sorted(kern, key=lambda e: -e.device_time_total)[:top]]
+    ops = [dict(row(e), cpu_ms=e.cpu_time_total / steps / 1e3)
+           for e in sorted((e for e in ev if e.cpu_time_total > 0), key=lambda e: -e.device_time_total)[:top]]
+    return dict(steps=steps, kernel_ms=total, kernels=kernels, ops=ops)
+
+
 def copy_bandwidth(dev:torch.device, nbytes:int)->dict:
     "Device-to-device copy bandwidth: `dst.copy_(src)` of `nbytes`, counting the read and the write (2 * nbytes)."
     buf = [torch.randn(nbytes // 4, device=dev)]

@@ -262,6 +262,8 @@ def test_step_vs_mamba_script(tmp_path):
     assert set(d["sides"]) == {"with", "without"}
     for side in d["sides"].values():
         assert set(side["cases"]) == {"vim_tiny_cab", "mamba2_lm_cab"} and all(c["ms"] > 0 for c in side["cases"].values())
+        for c in side["cases"].values():       # each side says where its time goes (on a CPU: operators, no kernels)
+            assert c["profile"]["ops"] and c["profile"]["ops"][0]["cpu_ms"] > 0
     assert d["sides"]["without"]["report"]["selective_scan"]["path"] != "cuda"      # the hidden kernels are not picked
     for v in d["ratios"].values():
         assert v["verdict"].startswith("no comparison") and v["ratio"] > 0

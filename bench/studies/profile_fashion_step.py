@@ -21,7 +21,7 @@ from cab_bench.distill import build_method
 from cab_bench.models import load_teacher, create_student
 from cab_bench.ops import use_backend, backend_report
 from bench.bench_step import StageStep
-from bench.benchlib import sync
+from bench.benchlib import profile_top, sync
 
 STAGES = dict(cab=("cab", dict(kl=1.0, ce=0.0, lambda_align=3.0, tau=1.0)), soft_kd=("soft_kd", dict(tau=1.0, ce=0.0)))
 
@@ -54,17 +54,8 @@ def main(argv=None):
                 res["step_ms"][f"{label}/{stage}/{be}"] = ms = _time(st, batch, dev)
                 print(f"{label} {stage} backend={be}: {ms:.1f} ms/step", flush=True)
                 if label == "cab" and be == "auto":
-                    from torch.profiler import profile, ProfilerActivity
-                    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                        for _ in range(3): st(batch)
-                        sync(dev)
-                    ev = prof.key_averages()
-                    rows = sorted(ev, key=lambda e: -e.device_time_total)[:40]
-                    res["profile"]["by_cuda_time"] = [dict(name=e.key[:120], cuda_ms=e.device_time_total / 3e3, calls=e.count / 3,
-                                                           cpu_ms=e.cpu_time_total / 3e3) for e in rows]
-                    rows = sorted(ev, key=lambda e: -e.count)[:25]
-                    res["profile"]["by_count"] = [dict(name=e.key[:120], calls=e.count / 3, cuda_ms=e.device_time_total / 3e3) for e in rows]
-                    print(prof.key_averages().table(sort_by="device_time_total", row_limit=30), flush=True)
+                    res["profile"] = profile_top(lambda: st(batch), dev, steps=3, top=40)
+                    for k in res["profile"]["kernels"][:30]: print(f"{k['device_ms']:8.3f} ms {k['calls']:6.1f}x  {k['name']}")
                 st.release(); del meth, teacher; torch.cuda.empty_cache()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1, default=str))

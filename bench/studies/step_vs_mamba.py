@@ -1,7 +1,7 @@
 """A whole distillation step without mamba-ssm against the same step with it (issue 15's step target: <= 1.1x).
 
 The same optimizer step (the trainer's own `train_step`, through `bench.bench_step.StageStep`, bf16 autocast) is
-timed in two child processes of one machine:
+timed in two child processes of one machine, then profiled (`benchlib.profile_top`: where each side's kernel time goes):
 - `with`: mamba-ssm importable, `auto` backend: its CUDA selective scan and its Triton SSD;
 - `without`: the same Python with `mamba_ssm`, `selective_scan_cuda` and `causal_conv1d` made unimportable before
   cab_bench loads (an entry of None in `sys.modules`), so `auto` picks what a user without a build gets: our Triton
@@ -67,7 +67,7 @@ def child(mode:str, names:list, out:Path, smoke:bool=False):
         for m in HIDDEN: sys.modules[m] = None          # `import mamba_ssm` now raises ImportError
     import torch
     from cab_bench.ops import backend_report
-    from bench.benchlib import measure, free_memory
+    from bench.benchlib import measure, free_memory, profile_top
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     res = dict(mode=mode, report=backend_report(dev), cases={})
     for name in names:
@@ -75,7 +75,8 @@ def child(mode:str, names:list, out:Path, smoke:bool=False):
         r = measure(lambda: step(batch), dev, warmup=1 if smoke else 3, min_reps=1 if smoke else 5, max_reps=30,
                     budget_s=0.1 if smoke else 3.0)
         res["cases"][name] = dict(what=what, ms=r["ms"], ms_min=r["ms_min"], ms_max=r["ms_max"], reps=r["reps"],
-                                  peak_gb=None if r["peak_bytes"] is None else r["peak_bytes"] / 2**30)
+                                  peak_gb=None if r["peak_bytes"] is None else r["peak_bytes"] / 2**30,
+                                  profile=profile_top(lambda: step(batch), dev, steps=1 if smoke else 3))
         print(f"[{mode}] {name}: {r['ms']:.1f} ms (min {r['ms_min']:.1f}, max {r['ms_max']:.1f}, {r['reps']} reps)", flush=True)
         step.release(); del step, batch; free_memory()
         out.write_text(json.dumps(res, indent=1))                    # after each case: a cut-off run keeps it
