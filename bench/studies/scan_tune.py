@@ -132,13 +132,17 @@ def main(argv=None):
     grid = (dict(T=tuple(sorted({8, ts.SCAN_T})), BD_MAX=(ts.SCAN_BD_MAX,), WARPS=(ts.SCAN_WARPS,), WARPS_BWD=(ts.SCAN_WARPS_BWD,),
                  BWD_BD_MAX=tuple(sorted({4, ts.SCAN_BWD_BD_MAX}))) if a.smoke else GRID)   # smoke: around the defaults
     res, t0 = {}, time.time()
+    long_saved = (ts.SCAN_LONG_L, ts.SCAN_LONG)
+    ts.SCAN_LONG_L = None                       # every length takes the module-level settings being tuned
     try:
         for name, shape in shapes.items():
             res[name] = tune(ts, shape, dev, grid if a.smoke else SHAPE_GRIDS.get(name, grid), a.smoke)
             write_json(a.out, dict(study="scan_tune", environment=environment(), defaults=defaults, grid=grid,
+                                   long_settings=dict(from_L=long_saved[0], settings=long_saved[1]),
                                    seconds=time.time() - t0, shapes=res))     # after each shape: a cut-off run keeps it
     finally:
         for k, v in defaults.items(): setattr(ts, k, v)
+        ts.SCAN_LONG_L, ts.SCAN_LONG = long_saved
     for name, r in res.items(): print(name, "defaults:", r["default_fwd_bwd_ms"], "ms; best:", r["best"])
 
 

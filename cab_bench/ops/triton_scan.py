@@ -5,6 +5,7 @@
 # %% ../../nbs/14_ops.triton_scan.ipynb #ca82b071
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -18,8 +19,8 @@ except Exception:  # no Triton here: `triton_unavailable()` says so and dispatch
 from ..core import CabError
 
 # %% auto #0
-__all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BWD', 'SCAN_BWD_BD_MAX', 'SCAN_BC_PART_MAX',
-           'triton_unavailable', 'selective_scan_triton']
+__all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BWD', 'SCAN_BWD_BD_MAX', 'SCAN_LONG_L', 'SCAN_LONG',
+           'LAUNCH_KEYS', 'SCAN_BC_PART_MAX', 'launch_settings', 'triton_unavailable', 'selective_scan_triton']
 
 # %% ../../nbs/14_ops.triton_scan.ipynb #b11b67ad
 SCAN_T = 16        # time steps per chunk: one associative scan over a (BD, N, T) tile
@@ -32,6 +33,34 @@ SCAN_BWD_BD_MAX = 8    # channels per program of the 'states' backward
 # These defaults: least summed forward + backward time over the vim_fashion and Vim-Tiny shapes of
 # bench/studies/scan_tune.py on an H200 (bench/results/scan_tune_h200.json): 0.70 and 1.03 ms, against 1.12 and 1.80 ms
 # for the earlier ones (T 16, 8 channels, 4 warps, 'tiles').
+SCAN_LONG_L = None     # from this length on, SCAN_LONG's settings replace the ones above (None: the same at every length)
+SCAN_LONG = dict(SCAN_T=SCAN_T, SCAN_BD_MAX=SCAN_BD_MAX, SCAN_WARPS=SCAN_WARPS, SCAN_BWD=SCAN_BWD,
+                 SCAN_BWD_BD_MAX=SCAN_BWD_BD_MAX, SCAN_WARPS_BWD=SCAN_WARPS_BWD)
+LAUNCH_KEYS = ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_BWD", "SCAN_BWD_BD_MAX", "SCAN_WARPS_BWD")
+
+def _long_from_env():
+    "`$CAB_BENCH_SCAN_LONG`, a JSON object such as '{\"from_L\": 1024, \"SCAN_T\": 64}', sets SCAN_LONG_L and SCAN_LONG at import."
+    global SCAN_LONG_L, SCAN_LONG
+    raw = os.environ.get("CAB_BENCH_SCAN_LONG")
+    if not raw: return
+    try: d = json.loads(raw)
+    except ValueError as e: raise CabError(f"CAB_BENCH_SCAN_LONG must be a JSON object such as '{{\"from_L\": 1024, \"SCAN_T\": 64}}'; got {raw!r} ({e})")
+    if not isinstance(d, dict) or not isinstance(d.get("from_L"), int) or set(d) - {"from_L", *LAUNCH_KEYS}:
+        raise CabError(f"CAB_BENCH_SCAN_LONG must hold an integer from_L and some of {LAUNCH_KEYS}; got {raw!r}")
+    SCAN_LONG_L, SCAN_LONG = d.pop("from_L"), dict(SCAN_LONG, **d)
+
+def launch_settings(l:int)->dict:
+    "The launch settings the kernels use for a sequence of length `l`: the module's, or `SCAN_LONG`'s from `SCAN_LONG_L` on."
+    s = {k: globals()[k] for k in LAUNCH_KEYS}
+    if SCAN_LONG_L is not None and l >= SCAN_LONG_L:
+        bad = sorted(set(SCAN_LONG) - set(LAUNCH_KEYS))
+        if bad: raise CabError(f"SCAN_LONG: keys {bad} not allowed; expected some of {LAUNCH_KEYS}")
+        s.update(SCAN_LONG)
+    if s["SCAN_BWD"] not in ("tiles", "states"): raise CabError(f"SCAN_BWD must be 'tiles' or 'states'; got {s['SCAN_BWD']!r}")
+    return s
+
+_long_from_env()
+
 SCAN_BC_PART_MAX = 256 << 20   # bytes: per-token dB/dC written per channel block and summed after (deterministic, no
                                # atomics) while that buffer stays this small; above it, atomic adds into one (b, G, N, L)
 
@@ -346,7 +375,8 @@ class _TritonScan(torch.autograd.Function):
         if not bconst and not cconst and Bv.shape[1] != Cv.shape[1]:
             raise CabError(f"selective_scan: B and C must have the same number of groups; got {Bv.shape[1]} and {Cv.shape[1]}")
         cpg = d // G
-        bd, T, NP = _block(cpg), SCAN_T, triton.next_power_of_2(N)
+        cfg = launch_settings(l)
+        bd, T, NP = _block(cpg, cfg["SCAN_BD_MAX"]), cfg["SCAN_T"], triton.next_power_of_2(N)
         nch = triton.cdiv(l, T)
         out = torch.empty(b, d, l, dtype=u.dtype, device=u.device)
         ck = torch.empty(b, d, nch, NP, dtype=torch.float32, device=u.device)
@@ -361,15 +391,15 @@ class _TritonScan(torch.autograd.Function):
             h0p if h0p is not None else last, out, ck, last, l, nch, cpg,
             *u.stride(), *delta.stride(), *zz.stride(), *out.stride(), *A.stride(), *sB, *sC,
             N=N, NP=NP, BD=bd, T=T, B_CONST=bconst, C_CONST=cconst, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, num_warps=SCAN_WARPS)
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, num_warps=cfg["SCAN_WARPS"])
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ck)
-        ctx.cfg = (bool(delta_softplus), h0 is not None, bd, T, NP, nch, cpg, G)
+        ctx.cfg = (bool(delta_softplus), h0 is not None, bd, T, NP, nch, cpg, G, cfg)
         return out, last[..., :N]
 
     @staticmethod
     def backward(ctx, gout, glast):
         u, delta, A, B, C, D, z, delta_bias, ck = ctx.saved_tensors
-        softplus, h0_given, bd, T, NP, nch, cpg, G = ctx.cfg
+        softplus, h0_given, bd, T, NP, nch, cpg, G, cfg = ctx.cfg
         b, d, l = u.shape
         N = A.shape[1]
         Bv, bconst, sB = _bc_view(B, "B", b, d, l)
@@ -384,9 +414,9 @@ class _TritonScan(torch.autograd.Function):
         gz = z.new_empty(b, d, l) if z is not None else None
         gA, gh0 = torch.empty(b, d, NP, **f32), torch.empty(b, d, NP, **f32)
         gD, gbias = torch.empty(b, d, **f32), torch.empty(b, d, **f32)
-        if SCAN_BWD not in ("tiles", "states"): raise CabError(f"SCAN_BWD must be 'tiles' or 'states'; got {SCAN_BWD!r}")
-        kern = _ss_bwd_states if SCAN_BWD == "states" else _ss_bwd
-        if SCAN_BWD == "states": bd = _block(cpg, SCAN_BWD_BD_MAX)      # its own channel block (the checkpoints are per channel)
+        states = cfg["SCAN_BWD"] == "states"                           # the forward's settings: its chunks are the checkpoints'
+        kern = _ss_bwd_states if states else _ss_bwd
+        if states: bd = _block(cpg, cfg["SCAN_BWD_BD_MAX"])             # its own channel block (the checkpoints are per channel)
         # per-token dB/dC: one slice per channel block, summed below (no atomics) unless that buffer would be large
         part = (not bconst or not cconst) and b * (d // bd) * N * l * 4 * (2 - bconst - cconst) <= SCAN_BC_PART_MAX
         tok = (b, d // bd, N, l) if part else (b, G, N, l)
@@ -399,7 +429,7 @@ class _TritonScan(torch.autograd.Function):
             gl if gl is not None else gA, gu, gdt, gzz, gA, gB, gC, gD, gbias, gh0, l, nch, cpg,
             *u.stride(), *delta.stride(), *zz.stride(), *gout.stride(), *A.stride(), *sB, *sC,
             N=N, NP=NP, BD=bd, T=T, B_CONST=bconst, C_CONST=cconst, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_GLAST=gl is not None, BC_PART=part, num_warps=SCAN_WARPS_BWD)
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_GLAST=gl is not None, BC_PART=part, num_warps=cfg["SCAN_WARPS_BWD"])
         if part:                                  # the channel blocks of a group are consecutive programs
             if not bconst: gB = gB.view(b, G, cpg // bd, N, l).sum(2)
             if not cconst: gC = gC.view(b, G, cpg // bd, N, l).sum(2)
