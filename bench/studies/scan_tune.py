@@ -58,7 +58,7 @@ def run_once(ts, x, gy):
 def rel(a, b)->float: return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
 
 
-def tune(ts, shape:tuple, dev, grid:dict, smoke:bool)->dict:
+def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None)->dict:
     """Forward alone for every (T, BD_MAX, WARPS); forward + backward for every backward kernel setting: 'tiles' with
     (T, BD_MAX, WARPS_BWD) (it uses the forward's channel block), 'states' with (T, BWD_BD_MAX, WARPS_BWD) at the
     default forward block; both at the default forward warps. A backward's time is fwd_bwd minus the forward at the
@@ -93,6 +93,7 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool)->dict:
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if on_rows is not None: on_rows(rows)          # a cut-off run keeps the rows it measured
     for k, v in saved.items(): setattr(ts, k, v)
     ok = [r for r in rows if "ms" in r and r["err"] < 1e-2]
     fwd_at = {(r["SCAN_T"], r["SCAN_BD_MAX"]): r["ms"] for r in ok if r["kind"] == "fwd" and r["SCAN_WARPS"] == saved["SCAN_WARPS"]}
@@ -131,15 +132,17 @@ def main(argv=None):
     shapes = {"tiny": (2, 8, 21, 4, 2)} if a.smoke else {k: SHAPES[k] for k in a.shapes.split(",")}
     grid = (dict(T=tuple(sorted({8, ts.SCAN_T})), BD_MAX=(ts.SCAN_BD_MAX,), WARPS=(ts.SCAN_WARPS,), WARPS_BWD=(ts.SCAN_WARPS_BWD,),
                  BWD_BD_MAX=tuple(sorted({4, ts.SCAN_BWD_BD_MAX}))) if a.smoke else GRID)   # smoke: around the defaults
-    res, t0 = {}, time.time()
+    res, t0, env = {}, time.time(), environment()
     long_saved = (ts.SCAN_LONG_L, ts.SCAN_LONG)
     ts.SCAN_LONG_L = None                       # every length takes the module-level settings being tuned
     try:
         for name, shape in shapes.items():
-            res[name] = tune(ts, shape, dev, grid if a.smoke else SHAPE_GRIDS.get(name, grid), a.smoke)
-            write_json(a.out, dict(study="scan_tune", environment=environment(), defaults=defaults, grid=grid,
+            save = lambda part: write_json(a.out, dict(study="scan_tune", environment=env, defaults=defaults, grid=grid,
                                    long_settings=dict(from_L=long_saved[0], settings=long_saved[1]),
-                                   seconds=time.time() - t0, shapes=res))     # after each shape: a cut-off run keeps it
+                                   seconds=time.time() - t0, shapes=res, partial=part))
+            res[name] = tune(ts, shape, dev, grid if a.smoke else SHAPE_GRIDS.get(name, grid), a.smoke,
+                             on_rows=lambda rows: save({name: rows}))
+            save(None)                                               # the shape's table, estimates and best
     finally:
         for k, v in defaults.items(): setattr(ts, k, v)
         ts.SCAN_LONG_L, ts.SCAN_LONG = long_saved
