@@ -295,8 +295,10 @@ def test_scan_tune_script(tmp_path):
                        capture_output=True, text=True, timeout=900, env=dict(os.environ, TRITON_INTERPRET="1"))
     assert r.returncode == 0, r.stderr[-2000:]
     d = json.loads(out.read_text())["shapes"]["tiny"]
-    kinds = {(x["kind"], x.get("SCAN_BWD")) for x in d["rows"]}
-    assert kinds == {("fwd", None), ("fwd_bwd", "tiles"), ("fwd_bwd", "states")}
+    kinds = {(x["kind"], x["SCAN_FWD"], x.get("SCAN_BWD")) for x in d["rows"]}
+    assert kinds == {("fwd", "tiles", None), ("fwd", "states", None), ("fwd_bwd", "tiles", "tiles"),
+                     ("fwd_bwd", "tiles", "states"), ("fwd_bwd", "states", "states")}   # long chunks: after the 'states' forward
+    assert {e["SCAN_FWD"] for e in d["estimates"]} == {"tiles", "states"}
     assert all("error" not in x and x["err"] < 1e-4 for x in d["rows"])          # the interpreter computes in fp32
     assert d["default_fwd_bwd_ms"] > 0 and d["best"]["fwd_bwd_ms"] > 0
     assert {"SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_BWD", "SCAN_WARPS_BWD"} <= set(d["best"])

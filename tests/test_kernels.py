@@ -71,6 +71,8 @@ INTERP = textwrap.dedent('''
     import cab_bench.ops.triton_scan as ts
     if {part_max} is not None: ts.SCAN_BC_PART_MAX = {part_max}     # 0: per-token dB/dC by atomic adds, not per-block slices
     ts.SCAN_BWD = {bwd!r}                                            # which backward kernel
+    ts.SCAN_FWD = {fwd!r}                                            # which forward kernel
+    if {T} is not None: ts.SCAN_T = {T}                              # steps per chunk
     cases = {cases}
     for bc, b, d, l, N, opts, sp, seed in cases:
         x = random_scan_inputs(b=b, d=d, l=l, N=N, bc=bc, dtype=torch.float64, seed=seed)
@@ -85,21 +87,25 @@ INTERP = textwrap.dedent('''
 ''')
 
 
-def run_interpreted(cases, part_max=None, bwd="tiles"):
+def run_interpreted(cases, part_max=None, bwd="tiles", fwd="tiles", T=None):
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    code = INTERP.format(tests=os.path.dirname(__file__), cases=repr(cases), part_max=repr(part_max), bwd=bwd)
+    code = INTERP.format(tests=os.path.dirname(__file__), cases=repr(cases), part_max=repr(part_max), bwd=bwd, fwd=fwd,
+                         T=repr(T))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("bwd,part_max", [("tiles", None), ("tiles", 0), ("states", None)])
-def test_triton_scan_interpreted_all_options(bwd, part_max):
+@pytest.mark.parametrize("fwd,bwd,part_max,T", [("tiles", "tiles", None, None), ("tiles", "tiles", 0, None),
+                                                ("tiles", "states", None, None), ("states", "states", None, 8),
+                                                ("states", "tiles", None, None)])
+def test_triton_scan_interpreted_all_options(fwd, bwd, part_max, T):
     """Every option at once and none, the three B/C layouts, a partly filled chunk (tiny shapes); per-token dB/dC both
     ways: per-block slices summed after (the default at these sizes) and atomic adds (`SCAN_BC_PART_MAX = 0`); both
-    backward kernels (`SCAN_BWD`; the 'states' kernel's atomic adds are run by the random-shapes test)."""
+    forward kernels (`SCAN_FWD`) and both backward kernels (`SCAN_BWD`; the 'states' kernel's atomic adds are run by
+    the random-shapes test), each forward with each backward (they share the per-chunk checkpoints)."""
     all_opts = ("D", "z", "delta_bias", "initial_state")
     run_interpreted([("shared", 2, 32, 37, 4, all_opts, True, 0), ("grouped", 1, 32, 5, 3, (), False, 1),
-                     ("const", 2, 4, 9, 2, all_opts, True, 2)], part_max, bwd)
+                     ("const", 2, 4, 9, 2, all_opts, True, 2)], part_max, bwd, fwd, T)
 
 
 @pytest.mark.slow
@@ -113,6 +119,7 @@ def test_triton_scan_interpreted_random_shapes():
                       rng.choice([1, 15, 16, 17, 33, 70]), rng.randint(1, 9), opts, rng.random() < 0.5, i))
     run_interpreted(cases)
     run_interpreted(cases[::2], part_max=0, bwd="states")  # the 'states' backward on half the cases, dB/dC by atomic adds
+    run_interpreted(cases[1::2], bwd="states", fwd="states", T=32)   # the 'states' forward, longer chunks, the other half
 
 
 # ---------------------------------------------------------------- CPU: fla's mapping and our backward
@@ -204,6 +211,21 @@ def test_triton_scan_matches_reference_random(seed):
     fn = lambda **a: selective_scan(**a, backend="triton")
     compare_scan(fn, x, keys, sp, torch.float32, 2e-4)
     compare_scan(fn, x, keys, sp, torch.bfloat16, 3e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("fwd,T,bd", [("states", 64, 1), ("states", 256, 2), ("states", 512, 1), ("tiles", 64, 1)])
+def test_triton_scan_long_chunks(fwd, T, bd, monkeypatch):
+    """Launch settings of scan_tune's long grid (long chunks, both forward kernels, the 'states' backward) against the
+    float64 reference: outputs, last state and every gradient, lengths off the chunk."""
+    need_triton("selective_scan")
+    import cab_bench.ops.triton_scan as ts
+    for k, v in dict(SCAN_FWD=fwd, SCAN_T=T, SCAN_BD_MAX=bd, SCAN_BWD="states", SCAN_LONG_L=None).items():
+        monkeypatch.setattr(ts, k, v)
+    fn = lambda **a: selective_scan(**a, backend="triton")
+    for seed, (bc, l) in enumerate((("shared", 1000), ("grouped", 777), ("const", 300))):
+        x = random_scan_inputs(b=2, d=16, l=l, N=16, bc=bc, dtype=torch.float64, device=DEV, seed=seed)
+        compare_scan(fn, x, ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"], True, torch.float32, 2e-4)
 
 
 @pytest.mark.cuda

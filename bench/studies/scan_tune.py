@@ -1,8 +1,8 @@
 """Tuning the Triton selective scan's launch settings on a GPU: chunk length, channels per program, warps.
 
 `cab_bench.ops.triton_scan` reads `SCAN_T` (steps per chunk), `SCAN_BD_MAX` (channels per program), `SCAN_WARPS`
-(forward), `SCAN_WARPS_BWD` (backward) and `SCAN_BWD` / `SCAN_BWD_BD_MAX` (which backward kernel, and the 'states'
-kernel's channels per program) at each call. This times the forward and the backward separately for every
+(forward), `SCAN_WARPS_BWD` (backward), `SCAN_FWD` (which forward kernel) and `SCAN_BWD` / `SCAN_BWD_BD_MAX` (which
+backward kernel, and the 'states' kernel's channels per program) at each call. This times the forward and the backward separately for every
 combination of the values below, at the shapes the workbench runs (the replication grid's `vim_fashion` step, bf16
 inputs with B and C as strided views of the x_proj output, as the Vim mixer passes them; Vim-Tiny at 197 tokens; one
 long sequence), checks each setting's outputs and gradients against the module's defaults, and writes a JSON table
@@ -33,7 +33,9 @@ SHAPES = {        # name: (batch, channels, length, d_state, dt_rank)
 GRID = dict(T=(8, 16, 32), BD_MAX=(2, 4, 8, 16), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4, 8), BWD_BD_MAX=(8, 16, 32, 64))
 # Long sequences: few programs (batch x channels / block) each walk many chunks one after another, so longer chunks
 # (fewer sequential steps, more work per step) and fewer channels per program (more programs) are tried there.
-LONG_GRID = dict(T=(16, 32, 64, 128), BD_MAX=(1, 2), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4), BWD_BD_MAX=(2, 4, 8))   # 72 settings
+LONG_GRID = dict(T=(16, 64), BD_MAX=(1, 2), WARPS=(1, 4), WARPS_BWD=(2, 4), BWD_BD_MAX=(2, 4, 8),
+                 # the 'states' forward (one state at a time): chunks of hundreds of steps at few registers
+                 T_STATES=(64, 128, 256, 512), BD_STATES=(1, 2), WARPS_STATES=(1, 2, 4, 8))     # 78 settings
 SHAPE_GRIDS = {"long": LONG_GRID, "long16k": LONG_GRID}
 
 
@@ -59,25 +61,34 @@ def rel(a, b)->float: return ((a.double() - b.double()).norm() / b.double().norm
 
 
 def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None)->dict:
-    """Forward alone for every (T, BD_MAX, WARPS); forward + backward for every backward kernel setting: 'tiles' with
-    (T, BD_MAX, WARPS_BWD) (it uses the forward's channel block), 'states' with (T, BWD_BD_MAX, WARPS_BWD) at the
-    default forward block; both at the default forward warps. A backward's time is fwd_bwd minus the forward at the
-    same forward settings; the estimated best step per T is the best forward plus the best backward it allows."""
+    """Forward alone for every (T, BD_MAX, WARPS) of the 'tiles' forward and every (T_STATES, BD_STATES, WARPS_STATES)
+    of the 'states' forward (where the grid has them); forward + backward for every backward kernel setting: 'tiles'
+    with (T, BD_MAX, WARPS_BWD) (it uses the forward's channel block), 'states' with (T or T_STATES, BWD_BD_MAX,
+    WARPS_BWD) at the default forward block, both after the default forward (the 'states' one at chunks longer than
+    the 'tiles' forward is tried at) at the default forward warps. A backward's time is fwd_bwd minus the forward it
+    ran after; the estimated best step per T is the best forward plus the best backward it allows."""
     x = inputs(*shape, dev)
     gy = torch.randn(shape[0], shape[1], shape[2], device=dev).to(x["u"].dtype)
-    saved = {k: getattr(ts, k) for k in ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_WARPS_BWD", "SCAN_BWD", "SCAN_BWD_BD_MAX")}
+    saved = {k: getattr(ts, k) for k in ts.LAUNCH_KEYS}
     y0, g0 = run_once(ts, x, gy)                     # the module's defaults: the reference for every setting
     kw = dict(warmup=2, budget_s=0.05 if smoke else 0.3, min_reps=1 if smoke else 5)
     det = {k: v.detach() for k, v in x.items()}
     def fwd(): ts.selective_scan_triton(det["u"], det["delta"], det["A"], det["B"], det["C"], det["D"], det["z"],
                                         det["delta_bias"], True)
     def both(): run_once(ts, x, gy)
-    settings = [dict(kind="fwd", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS=w)
+    fdef = {k: saved[k] for k in ("SCAN_FWD", "SCAN_BD_MAX", "SCAN_WARPS")}
+    Ts = grid.get("T_STATES", ())
+    settings = [dict(kind="fwd", SCAN_FWD="tiles", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS=w)
                 for T, bd, w in itertools.product(grid["T"], grid["BD_MAX"], grid["WARPS"])]
-    settings += [dict(kind="fwd_bwd", SCAN_BWD="tiles", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS_BWD=w)
+    settings += [dict(kind="fwd", SCAN_FWD="states", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS=w)
+                 for T, bd, w in itertools.product(Ts, grid.get("BD_STATES", ()), grid.get("WARPS_STATES", ()))]
+    # a backward runs after a forward at its chunk length: the default forward, or the 'states' one at the
+    # default block and warps where the chunk is longer than the 'tiles' forward is tried at
+    after = lambda T: dict(fdef, SCAN_FWD="states") if T not in grid["T"] else fdef
+    settings += [dict(after(T), kind="fwd_bwd", SCAN_BWD="tiles", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS_BWD=w)
                  for T, bd, w in itertools.product(grid["T"], grid["BD_MAX"], grid["WARPS_BWD"])]
-    settings += [dict(kind="fwd_bwd", SCAN_BWD="states", SCAN_T=T, SCAN_BWD_BD_MAX=bd, SCAN_WARPS_BWD=w)
-                 for T, bd, w in itertools.product(grid["T"], grid["BWD_BD_MAX"], grid["WARPS_BWD"])]
+    settings += [dict(after(T), kind="fwd_bwd", SCAN_BWD="states", SCAN_T=T, SCAN_BWD_BD_MAX=bd, SCAN_WARPS_BWD=w)
+                 for T, bd, w in itertools.product(sorted({*grid["T"], *Ts}), grid["BWD_BD_MAX"], grid["WARPS_BWD"])]
     rows = []
     for st in settings:
         for k, v in saved.items(): setattr(ts, k, v)
@@ -96,19 +107,20 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None)->dict:
         if on_rows is not None: on_rows(rows)          # a cut-off run keeps the rows it measured
     for k, v in saved.items(): setattr(ts, k, v)
     ok = [r for r in rows if "ms" in r and r["err"] < 1e-2]
-    fwd_at = {(r["SCAN_T"], r["SCAN_BD_MAX"]): r["ms"] for r in ok if r["kind"] == "fwd" and r["SCAN_WARPS"] == saved["SCAN_WARPS"]}
+    fkey = lambda r: (r["SCAN_FWD"], r["SCAN_T"], r.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"]), r.get("SCAN_WARPS", saved["SCAN_WARPS"]))
+    fwd_at = {fkey(r): r["ms"] for r in ok if r["kind"] == "fwd"}
     est = []
-    for T in grid["T"]:
+    for T in sorted({*grid["T"], *grid.get("T_STATES", ())}):
         fw = [r for r in ok if r["kind"] == "fwd" and r["SCAN_T"] == T]
         for b in (r for r in ok if r["kind"] == "fwd_bwd" and r["SCAN_T"] == T):
-            fbd = b.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"])            # the forward block this backward ran after
-            if (T, fbd) not in fwd_at: continue
-            bwd_ms = b["ms"] - fwd_at[(T, fbd)]
+            if fkey(b) not in fwd_at: continue                             # the forward it ran after was not timed
+            bwd_ms = b["ms"] - fwd_at[fkey(b)]
+            fbd = b.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"])
             cand = [f for f in fw if b["SCAN_BWD"] == "states" or f["SCAN_BD_MAX"] == fbd]   # 'tiles' needs the same block
             if not cand: continue
             f = min(cand, key=lambda r: r["ms"])
-            est.append(dict(SCAN_T=T, SCAN_BD_MAX=f["SCAN_BD_MAX"], SCAN_WARPS=f["SCAN_WARPS"], SCAN_BWD=b["SCAN_BWD"],
-                            SCAN_BWD_BD_MAX=b.get("SCAN_BWD_BD_MAX"), SCAN_WARPS_BWD=b["SCAN_WARPS_BWD"],
+            est.append(dict(SCAN_T=T, SCAN_FWD=f["SCAN_FWD"], SCAN_BD_MAX=f["SCAN_BD_MAX"], SCAN_WARPS=f["SCAN_WARPS"],
+                            SCAN_BWD=b["SCAN_BWD"], SCAN_BWD_BD_MAX=b.get("SCAN_BWD_BD_MAX"), SCAN_WARPS_BWD=b["SCAN_WARPS_BWD"],
                             fwd_ms=f["ms"], bwd_ms=bwd_ms, fwd_bwd_ms=f["ms"] + bwd_ms))
     best = min(est, key=lambda r: r["fwd_bwd_ms"]) if est else None
     default = next((r["ms"] for r in ok if r["kind"] == "fwd_bwd" and all(r.get(k, saved[k]) == saved[k] for k in saved)), None)
@@ -126,12 +138,13 @@ def main(argv=None):
     why = ts.triton_unavailable()
     if why: raise SystemExit(f"scan_tune: the Triton scan cannot run here: {why}")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    defaults = {k: getattr(ts, k) for k in ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_WARPS_BWD", "SCAN_BWD", "SCAN_BWD_BD_MAX")}
+    defaults = {k: getattr(ts, k) for k in ts.LAUNCH_KEYS}
     bad = [k for k in a.shapes.split(",") if k not in SHAPES]
     if bad and not a.smoke: raise SystemExit(f"scan_tune: --shapes {bad} not allowed; expected some of {', '.join(SHAPES)}")
     shapes = {"tiny": (2, 8, 21, 4, 2)} if a.smoke else {k: SHAPES[k] for k in a.shapes.split(",")}
     grid = (dict(T=tuple(sorted({8, ts.SCAN_T})), BD_MAX=(ts.SCAN_BD_MAX,), WARPS=(ts.SCAN_WARPS,), WARPS_BWD=(ts.SCAN_WARPS_BWD,),
-                 BWD_BD_MAX=tuple(sorted({4, ts.SCAN_BWD_BD_MAX}))) if a.smoke else GRID)   # smoke: around the defaults
+                 BWD_BD_MAX=tuple(sorted({4, ts.SCAN_BWD_BD_MAX})), T_STATES=(32,), BD_STATES=(ts.SCAN_BD_MAX,),
+                 WARPS_STATES=(ts.SCAN_WARPS,)) if a.smoke else GRID)   # smoke: around the defaults, and one 'states' forward
     res, t0, env = {}, time.time(), environment()
     long_saved = (ts.SCAN_LONG_L, ts.SCAN_LONG)
     ts.SCAN_LONG_L = None                       # every length takes the module-level settings being tuned

@@ -19,8 +19,9 @@ except Exception:  # no Triton here: `triton_unavailable()` says so and dispatch
 from ..core import CabError
 
 # %% auto #0
-__all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BWD', 'SCAN_BWD_BD_MAX', 'SCAN_LONG_L', 'SCAN_LONG',
-           'LAUNCH_KEYS', 'SCAN_BC_PART_MAX', 'launch_settings', 'triton_unavailable', 'selective_scan_triton']
+__all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BWD', 'SCAN_BWD_BD_MAX', 'SCAN_FWD', 'SCAN_LONG_L',
+           'SCAN_LONG', 'LAUNCH_KEYS', 'SCAN_BC_PART_MAX', 'launch_settings', 'triton_unavailable',
+           'selective_scan_triton']
 
 # %% ../../nbs/14_ops.triton_scan.ipynb #b11b67ad
 SCAN_T = 16        # time steps per chunk: one associative scan over a (BD, N, T) tile
@@ -30,13 +31,15 @@ SCAN_WARPS_BWD = 2 # warps of a backward program
 SCAN_BWD = "states" # the backward kernel: 'tiles' (all N states at once in (BD, N, T) tiles) or 'states' (one state at a time
                    # in (BD, T) tiles, as mamba-ssm's CUDA kernel loops over states; fewer registers, more channels a program)
 SCAN_BWD_BD_MAX = 8    # channels per program of the 'states' backward
+SCAN_FWD = "tiles"     # the forward kernel: 'tiles' (all N states of a chunk in one (BD, N, T) tile) or 'states' (one state
+                       # at a time in (BD, T) tiles: long chunks at few registers, for long sequences)
 # These defaults: least summed forward + backward time over the vim_fashion and Vim-Tiny shapes of
 # bench/studies/scan_tune.py on an H200 (bench/results/scan_tune_h200.json): 0.70 and 1.03 ms, against 1.12 and 1.80 ms
 # for the earlier ones (T 16, 8 channels, 4 warps, 'tiles').
 SCAN_LONG_L = None     # from this length on, SCAN_LONG's settings replace the ones above (None: the same at every length)
-SCAN_LONG = dict(SCAN_T=SCAN_T, SCAN_BD_MAX=SCAN_BD_MAX, SCAN_WARPS=SCAN_WARPS, SCAN_BWD=SCAN_BWD,
+SCAN_LONG = dict(SCAN_T=SCAN_T, SCAN_BD_MAX=SCAN_BD_MAX, SCAN_WARPS=SCAN_WARPS, SCAN_FWD=SCAN_FWD, SCAN_BWD=SCAN_BWD,
                  SCAN_BWD_BD_MAX=SCAN_BWD_BD_MAX, SCAN_WARPS_BWD=SCAN_WARPS_BWD)
-LAUNCH_KEYS = ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_BWD", "SCAN_BWD_BD_MAX", "SCAN_WARPS_BWD")
+LAUNCH_KEYS = ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_FWD", "SCAN_BWD", "SCAN_BWD_BD_MAX", "SCAN_WARPS_BWD")
 
 def _long_from_env():
     "`$CAB_BENCH_SCAN_LONG`, a JSON object such as '{\"from_L\": 1024, \"SCAN_T\": 64}', sets SCAN_LONG_L and SCAN_LONG at import."
@@ -56,7 +59,8 @@ def launch_settings(l:int)->dict:
         bad = sorted(set(SCAN_LONG) - set(LAUNCH_KEYS))
         if bad: raise CabError(f"SCAN_LONG: keys {bad} not allowed; expected some of {LAUNCH_KEYS}")
         s.update(SCAN_LONG)
-    if s["SCAN_BWD"] not in ("tiles", "states"): raise CabError(f"SCAN_BWD must be 'tiles' or 'states'; got {s['SCAN_BWD']!r}")
+    for k in ("SCAN_FWD", "SCAN_BWD"):
+        if s[k] not in ("tiles", "states"): raise CabError(f"{k} must be 'tiles' or 'states'; got {s[k]!r}")
     return s
 
 _long_from_env()
@@ -161,6 +165,57 @@ if triton is not None:
             hs = ac * h[:, :, None] + xc                                 # h_t for the chunk's steps
             y = tl.sum(hs * Ct, 1)                                       # (BD, T)
             h = tl.sum(tl.where(tt[None, None, :] == T - 1, hs, 0.0), 2)  # steps past L keep the state
+            if HAS_D: y = y + Dv[:, None] * u
+            if HAS_Z:
+                z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
+                y = y * z * tl.sigmoid(z)
+            tl.store(out_ptr + pb * s_ob + ch[:, None] * s_od + t[None, :] * s_ol, y.to(out_ptr.dtype.element_ty), mask=tm[None, :])
+        tl.store(last_ptr + st, h)
+
+    @triton.jit
+    def _ss_fwd_states(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ck_ptr, last_ptr,
+        L, NCH, CPG,
+        s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol, s_Ad, s_An,
+        s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+        N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+        B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+    ):
+        """`_ss_fwd` one state at a time: (BD, T) tiles, so a chunk can be long (hundreds of steps) at the same
+        registers; the states are columns of a (BD, NP) tile, the output sums over them. Same checkpoints."""
+        pb, pd = tl.program_id(0), tl.program_id(1)
+        ch = pd * BD + tl.arange(0, BD)
+        grp = (pd * BD) // CPG
+        n = tl.arange(0, NP)
+        tt = tl.arange(0, T)
+        d_all = tl.num_programs(1) * BD
+        row = pb * d_all + ch
+        st = row[:, None] * NP + n[None, :]
+        Dv, bias = _channel_consts(D_ptr, bias_ptr, ch, BD, HAS_D, HAS_BIAS)
+        h = tl.zeros([BD, NP], tl.float32)
+        if HAS_H0: h = tl.load(h0_ptr + st)
+        last_col = tt[None, :] == T - 1
+        for c in range(0, NCH):
+            t = c * T + tt
+            tm = t < L
+            u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
+            dt, _ = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+            dtu = dt * u
+            tl.store(ck_ptr + (row[:, None] * NCH + c) * NP + n[None, :], h)   # states entering the chunk
+            y = tl.zeros([BD, T], tl.float32)
+            for k in range(0, N):
+                col = n[None, :] == k
+                A_k = tl.load(A_ptr + ch * s_Ad + k * s_An).to(tl.float32)[:, None]          # (BD, 1)
+                if B_CONST: Bk = tl.load(B_ptr + ch * s_Bg + k * s_Bn).to(tl.float32)[:, None]
+                else: Bk = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + k * s_Bn + t * s_Bl, mask=tm, other=0.0).to(tl.float32)[None, :]
+                if C_CONST: Ck = tl.load(C_ptr + ch * s_Cg + k * s_Cn).to(tl.float32)[:, None]
+                else: Ck = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + k * s_Cn + t * s_Cl, mask=tm, other=0.0).to(tl.float32)[None, :]
+                a = tl.exp(dt * A_k)
+                ac, xc = tl.associative_scan((a, dtu * Bk), 1, _compose)
+                hs = ac * tl.sum(tl.where(col, h, 0.0), 1)[:, None] + xc       # state k over the chunk
+                y += hs * Ck
+                h = tl.where(col, tl.sum(tl.where(last_col, hs, 0.0), 1)[:, None], h)   # steps past L keep it
             if HAS_D: y = y + Dv[:, None] * u
             if HAS_Z:
                 z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
@@ -386,7 +441,7 @@ class _TritonScan(torch.autograd.Function):
             h0p = torch.zeros(b, d, NP, dtype=torch.float32, device=u.device)
             h0p[..., :N] = h0
         zz = z if z is not None else u
-        _ss_fwd[(b, d // bd)](
+        (_ss_fwd_states if cfg["SCAN_FWD"] == "states" else _ss_fwd)[(b, d // bd)](
             u, delta, A, Bv, Cv, D if D is not None else u, zz, delta_bias if delta_bias is not None else u,
             h0p if h0p is not None else last, out, ck, last, l, nch, cpg,
             *u.stride(), *delta.stride(), *zz.stride(), *out.stride(), *A.stride(), *sB, *sC,
