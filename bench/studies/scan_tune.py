@@ -30,7 +30,8 @@ SHAPES = {        # name: (batch, channels, length, d_state, dt_rank)
     "long": (2, 1536, 4096, 16, 48),
     "long16k": (2, 1536, 16384, 16, 48),     # not in the default --shapes: the 16K end of the bench's sweep
 }
-GRID = dict(T=(8, 16, 32), BD_MAX=(2, 4, 8, 16), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4, 8), BWD_BD_MAX=(8, 16, 32, 64))
+GRID = dict(T=(8, 16, 32), BD_MAX=(2, 4, 8, 16), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4, 8), BWD_BD_MAX=(8, 16, 32, 64),
+            T_STATES=(64, 256), BD_STATES=(1, 2, 4, 8), WARPS_STATES=(1, 2, 4))     # 168 settings a shape
 # Long sequences: few programs (batch x channels / block) each walk many chunks one after another, so longer chunks
 # (fewer sequential steps, more work per step) and fewer channels per program (more programs) are tried there.
 LONG_GRID = dict(T=(16, 64), BD_MAX=(1, 2), WARPS=(1, 4), WARPS_BWD=(2, 4), BWD_BD_MAX=(2, 4, 8),
