@@ -86,10 +86,33 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None)->dict:
     # a backward runs after a forward at its chunk length: the default forward, or the 'states' one at the
     # default block and warps where the chunk is longer than the 'tiles' forward is tried at
     after = lambda T: dict(fdef, SCAN_FWD="states") if T not in grid["T"] else fdef
-    settings += [dict(after(T), kind="fwd_bwd", SCAN_BWD="tiles", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS_BWD=w)
-                 for T, bd, w in itertools.product(grid["T"], grid["BD_MAX"], grid["WARPS_BWD"])]
     settings += [dict(after(T), kind="fwd_bwd", SCAN_BWD="states", SCAN_T=T, SCAN_BWD_BD_MAX=bd, SCAN_WARPS_BWD=w)
                  for T, bd, w in itertools.product(sorted({*grid["T"], *Ts}), grid["BWD_BD_MAX"], grid["WARPS_BWD"])]
+    settings += [dict(after(T), kind="fwd_bwd", SCAN_BWD="tiles", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS_BWD=w)
+                 for T, bd, w in itertools.product(grid["T"], grid["BD_MAX"], grid["WARPS_BWD"])]
+    def summary(rows):
+        "The table so far: rows, each backward's estimated best step, the best one, the defaults' time."
+        ok = [r for r in rows if "ms" in r and r["err"] < 1e-2]
+        fkey = lambda r: (r["SCAN_FWD"], r["SCAN_T"], r.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"]), r.get("SCAN_WARPS", saved["SCAN_WARPS"]))
+        fwd_at = {fkey(r): r["ms"] for r in ok if r["kind"] == "fwd"}
+        est = []
+        for T in sorted({*grid["T"], *grid.get("T_STATES", ())}):
+            fw = [r for r in ok if r["kind"] == "fwd" and r["SCAN_T"] == T]
+            for b in (r for r in ok if r["kind"] == "fwd_bwd" and r["SCAN_T"] == T):
+                if fkey(b) not in fwd_at: continue                             # the forward it ran after was not timed
+                bwd_ms = b["ms"] - fwd_at[fkey(b)]
+                fbd = b.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"])
+                cand = [f for f in fw if b["SCAN_BWD"] == "states" or f["SCAN_BD_MAX"] == fbd]   # 'tiles' needs the same block
+                if not cand: continue
+                f = min(cand, key=lambda r: r["ms"])
+                est.append(dict(SCAN_T=T, SCAN_FWD=f["SCAN_FWD"], SCAN_BD_MAX=f["SCAN_BD_MAX"], SCAN_WARPS=f["SCAN_WARPS"],
+                                SCAN_BWD=b["SCAN_BWD"], SCAN_BWD_BD_MAX=b.get("SCAN_BWD_BD_MAX"), SCAN_WARPS_BWD=b["SCAN_WARPS_BWD"],
+                                fwd_ms=f["ms"], bwd_ms=bwd_ms, fwd_bwd_ms=f["ms"] + bwd_ms))
+        best = min(est, key=lambda r: r["fwd_bwd_ms"]) if est else None
+        default = next((r["ms"] for r in ok if r["kind"] == "fwd_bwd" and all(r.get(k, saved[k]) == saved[k] for k in saved)), None)
+        return dict(shape=dict(zip(("batch", "d", "L", "N", "dt_rank"), shape)), grid=grid, rows=rows, estimates=est, best=best,
+                    default_fwd_bwd_ms=default)
+
     rows = []
     for st in settings:
         for k, v in saved.items(): setattr(ts, k, v)
@@ -105,28 +128,9 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None)->dict:
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if on_rows is not None: on_rows(rows)          # a cut-off run keeps the rows it measured
+        if on_rows is not None: on_rows(summary(rows))     # a cut-off run keeps what it measured, with its best so far
     for k, v in saved.items(): setattr(ts, k, v)
-    ok = [r for r in rows if "ms" in r and r["err"] < 1e-2]
-    fkey = lambda r: (r["SCAN_FWD"], r["SCAN_T"], r.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"]), r.get("SCAN_WARPS", saved["SCAN_WARPS"]))
-    fwd_at = {fkey(r): r["ms"] for r in ok if r["kind"] == "fwd"}
-    est = []
-    for T in sorted({*grid["T"], *grid.get("T_STATES", ())}):
-        fw = [r for r in ok if r["kind"] == "fwd" and r["SCAN_T"] == T]
-        for b in (r for r in ok if r["kind"] == "fwd_bwd" and r["SCAN_T"] == T):
-            if fkey(b) not in fwd_at: continue                             # the forward it ran after was not timed
-            bwd_ms = b["ms"] - fwd_at[fkey(b)]
-            fbd = b.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"])
-            cand = [f for f in fw if b["SCAN_BWD"] == "states" or f["SCAN_BD_MAX"] == fbd]   # 'tiles' needs the same block
-            if not cand: continue
-            f = min(cand, key=lambda r: r["ms"])
-            est.append(dict(SCAN_T=T, SCAN_FWD=f["SCAN_FWD"], SCAN_BD_MAX=f["SCAN_BD_MAX"], SCAN_WARPS=f["SCAN_WARPS"],
-                            SCAN_BWD=b["SCAN_BWD"], SCAN_BWD_BD_MAX=b.get("SCAN_BWD_BD_MAX"), SCAN_WARPS_BWD=b["SCAN_WARPS_BWD"],
-                            fwd_ms=f["ms"], bwd_ms=bwd_ms, fwd_bwd_ms=f["ms"] + bwd_ms))
-    best = min(est, key=lambda r: r["fwd_bwd_ms"]) if est else None
-    default = next((r["ms"] for r in ok if r["kind"] == "fwd_bwd" and all(r.get(k, saved[k]) == saved[k] for k in saved)), None)
-    return dict(shape=dict(zip(("batch", "d", "L", "N", "dt_rank"), shape)), grid=grid, rows=rows, estimates=est, best=best,
-                default_fwd_bwd_ms=default)
+    return summary(rows)
 
 
 def main(argv=None):
@@ -151,12 +155,14 @@ def main(argv=None):
     ts.SCAN_LONG_L = None                       # every length takes the module-level settings being tuned
     try:
         for name, shape in shapes.items():
-            save = lambda part: write_json(a.out, dict(study="scan_tune", environment=env, defaults=defaults, grid=grid,
-                                   long_settings=dict(from_L=long_saved[0], settings=long_saved[1]),
-                                   seconds=time.time() - t0, shapes=res, partial=part))
+            save = lambda: write_json(a.out, dict(study="scan_tune", environment=env, defaults=defaults, grid=grid,
+                                                  long_settings=dict(from_L=long_saved[0], settings=long_saved[1]),
+                                                  seconds=time.time() - t0, shapes=res))
+            # after each setting the shape's table so far (complete: False), so a cut-off run keeps it and its best
             res[name] = tune(ts, shape, dev, grid if a.smoke else SHAPE_GRIDS.get(name, grid), a.smoke,
-                             on_rows=lambda rows: save({name: rows}))
-            save(None)                                               # the shape's table, estimates and best
+                             on_rows=lambda part: (res.__setitem__(name, dict(part, complete=False)), save()))
+            res[name]["complete"] = True
+            save()
     finally:
         for k, v in defaults.items(): setattr(ts, k, v)
         ts.SCAN_LONG_L, ts.SCAN_LONG = long_saved
