@@ -174,7 +174,15 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="small shapes, for checking the script")
     ap.add_argument("--ops", default="selective_scan,ssd_scan", help="comma-separated: selective_scan, ssd_scan")
     ap.add_argument("--chunked-sweep", action="store_true", help="also time the chunked paths over the whole sweep")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="write verdicts and kernels.md next to this kernels.json (e.g. of a run cut off at its time limit) instead of running")
     a = ap.parse_args()
+    if a.render:
+        out = json.loads(a.render.read_text())
+        out["verdicts"] = verdicts(out)
+        a.render.write_text(json.dumps(out, indent=1) + "\n")
+        (a.render.parent / "kernels.md").write_text(markdown(out))
+        return
     ops = a.ops.split(",")
     bad = [o for o in ops if o not in ("selective_scan", "ssd_scan")]
     if bad: raise SystemExit(f"--ops: {bad} not allowed; expected selective_scan and/or ssd_scan")

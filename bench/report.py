@@ -342,6 +342,15 @@ def build_free_tables(res:dict)->str:
                    "processes, one with mamba-ssm importable and one without).")
         out.append(table(["case", "what", "with mamba-ssm ms", "without ms", "ratio", "target", "verdict"], rows))
         if sv.get("note"): out.append(f"- {sv['note']}")
+        prof = []
+        for mode in ("with", "without"):
+            side = sv.get("sides", {}).get(mode, {})
+            for name, c in side.get("cases", {}).items():
+                p = c.get("profile")
+                if not p: prof.append(f"- {name}, {mode} mamba-ssm: no profile recorded ({side.get('source') or 'missing'})"); continue
+                top = "; ".join(f"{k['name'][:60]} {f(k['device_ms'], 1)} ms ({f(k['calls'], 0)} calls)" for k in p["kernels"][:4])
+                prof.append(f"- {name}, {mode} mamba-ssm: kernels {f(p['kernel_ms'], 1)} ms of the {f(c['ms'], 1)} ms step; top: {top}")
+        if prof: out.append("Where the step's GPU time goes (torch.profiler, per step):\n" + "\n".join(prof))
     return "\n\n".join(out)
 
 

@@ -270,6 +270,25 @@ def test_step_vs_mamba_script(tmp_path):
     assert not list(tmp_path.glob("svm.*.json"))          # the children's files are folded in and removed
 
 
+def test_step_vs_mamba_combines_parts(tmp_path):
+    "A run cut off before its study JSON: a child's JSON and a log of the other child's lines combine into it."
+    from bench.studies.step_vs_mamba import main
+    w = tmp_path / "with.json"
+    w.write_text(json.dumps(dict(mode="with", report={"selective_scan": {"path": "cuda"}},
+                                 cases={"vim_tiny_cab": dict(ms=200.0, ms_min=190.0, ms_max=210.0, reps=9, profile={})})))
+    log = tmp_path / "svm.log"
+    log.write_text("noise\n[with] vim_tiny_cab: 999.0 ms (min 290.0, max 310.0, 9 reps)\n"     # the JSON's case wins
+                   "[without] vim_tiny_cab: 300.0 ms (min 290.0, max 310.0, 9 reps)\n"
+                   "[without] mamba2_lm_cab: 290.0 ms (min 289.0, max 291.0, 10 reps)\n")
+    out = tmp_path / "svm.json"
+    main(["--out", str(out), "--cases", "vim_tiny_cab,mamba2_lm_cab", "--parts", f"{w},{log}", "--machine", "a GPU"])
+    d = json.loads(out.read_text())
+    r = d["ratios"]["vim_tiny_cab"]
+    assert r["ratio"] == 1.5 and r["verdict"] == "missed by 36%" and d["machine"] == "a GPU" and d["environment"] is None
+    assert d["ratios"]["mamba2_lm_cab"]["verdict"].startswith("not measured")        # its with side is missing
+    assert d["sides"]["without"]["cases"]["mamba2_lm_cab"]["reps"] == 10 and d["sides"]["without"]["sources"] == ["svm.log"]
+
+
 def test_generation_smollm2_script(tmp_path):
     "Every prompt x batch x model point is timed, with state sizes and student/teacher ratios (tiny pair, any device)."
     out = tmp_path / "gen.json"

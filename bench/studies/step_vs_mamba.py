@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,8 @@ def child(mode:str, names:list, out:Path, smoke:bool=False):
     from cab_bench.ops import backend_report
     from bench.benchlib import measure, free_memory, profile_top
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    res = dict(mode=mode, report=backend_report(dev), cases={})
+    from bench.benchlib import environment
+    res = dict(mode=mode, environment=environment(), report=backend_report(dev), cases={})
     for name in names:
         step, batch, what = _case(name, dev, smoke)
         r = measure(lambda: step(batch), dev, warmup=1 if smoke else 3, min_reps=1 if smoke else 5, max_reps=30,
@@ -82,37 +84,83 @@ def child(mode:str, names:list, out:Path, smoke:bool=False):
         out.write_text(json.dumps(res, indent=1))                    # after each case: a cut-off run keeps it
 
 
+LINE = re.compile(r"^\[(with|without)\] (\w+): ([\d.]+) ms \(min ([\d.]+), max ([\d.]+), (\d+) reps\)$")
+
+
+def read_part(path:Path)->list:
+    """[(mode, side dict)] from a child's JSON, or from a log of the children's lines (`[mode] case: ms (min, max,
+    reps)`: times only, no profile or backend report), for a run cut off before it wrote its study JSON."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        d = json.loads(text)
+        return [(d["mode"], d)]
+    sides = {}
+    for line in text.splitlines():
+        m = LINE.match(line.strip())
+        if m:
+            mode, name, ms, lo, hi, reps = m.groups()
+            sides.setdefault(mode, dict(mode=mode, cases={}, source=f"log {path.name} (times only)"))["cases"][name] = dict(
+                ms=float(ms), ms_min=float(lo), ms_max=float(hi), reps=int(reps), profile=None)
+    return list(sides.items())
+
+
+def study(sides:dict, names:list, machine:str|None=None)->dict:
+    """The study's JSON from the two sides' results: each case's ratio, target and verdict. The environment is the
+    children's (a combined run's parts from before children recorded it: `machine` as given)."""
+    report = sides.get("with", {}).get("report")
+    kernels_present = None if report is None else report.get("selective_scan", {}).get("path") == "cuda"
+    ratios = {}
+    for n in names:
+        w, wo = sides.get("with", {}).get("cases", {}).get(n), sides.get("without", {}).get("cases", {}).get(n)
+        if not (w and wo): ratios[n] = dict(verdict="not measured (a side is missing)"); continue
+        r = wo["ms"] / w["ms"]
+        ratios[n] = dict(without_ms=wo["ms"], with_ms=w["ms"], ratio=r, target=TARGET,
+                         verdict="no comparison: mamba-ssm was not importable" if kernels_present is False else
+                         "met" if r <= TARGET else f"missed by {(r / TARGET - 1) * 100:.0f}%")
+    env = next((sd["environment"] for sd in sides.values() if sd.get("environment")), None)
+    return dict(study="step_vs_mamba", environment=env, machine=machine or (env or {}).get("device"), target=TARGET,
+                sides=sides, ratios=ratios,
+                note=None if kernels_present is not False else "mamba-ssm was not importable: both sides ran without it")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--smoke", action="store_true", help="tiny pairs, CPU allowed: checks the script, times nothing real")
     ap.add_argument("--child", choices=("with", "without"), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--parts", default=None, help="comma-separated children's JSON files or logs: combine them into --out "
+                                                  "instead of running (a run cut off before its study JSON)")
+    ap.add_argument("--machine", default=None, help="with --parts whose children did not record their environment: the machine they ran on")
     a = ap.parse_args(argv)
     names = a.cases.split(",")
     bad = [n for n in names if n not in CASES]
     if bad: raise SystemExit(f"step_vs_mamba: --cases {bad} not allowed; expected some of {', '.join(CASES)}")
     if a.child: return child(a.child, names, a.out, a.smoke)
-    from bench.benchlib import environment, write_json
+    from bench.benchlib import write_json
     sides = {}
+    if a.parts:
+        files = sorted(map(Path, a.parts.split(",")), key=lambda f: f.suffix != ".json")   # the JSON parts first:
+        for f in files:                                                                   # a log fills only what they lack
+            for mode, part in read_part(f):
+                side = sides.setdefault(mode, dict(part, cases={}))
+                for n, c in part["cases"].items(): side["cases"].setdefault(n, c)
+                side.setdefault("sources", []).append(f.name)
+        res = study(sides, names, a.machine)
+        write_json(a.out, res)
+        for n, r in res["ratios"].items(): print(n, r)
+        return
+    parts = []
     for mode in ("without", "with"):
-        part = a.out.with_suffix(f".{mode}.json")
+        part = a.out.with_suffix(f".{mode}.json"); parts.append(part)
         subprocess.run([sys.executable, "-m", "bench.studies.step_vs_mamba", "--child", mode, "--out", str(part),
                         "--cases", a.cases] + (["--smoke"] if a.smoke else []), check=False, env=dict(os.environ))
         sides[mode] = json.loads(part.read_text()) if part.exists() else dict(cases={}, error="the child wrote nothing")
-        part.unlink(missing_ok=True)
-    kernels_present = sides["with"].get("report", {}).get("selective_scan", {}).get("path") == "cuda"
-    ratios = {}
-    for n in names:
-        w, wo = sides["with"]["cases"].get(n), sides["without"]["cases"].get(n)
-        if not (w and wo): ratios[n] = dict(verdict="not measured (a side is missing)"); continue
-        r = wo["ms"] / w["ms"]
-        ratios[n] = dict(without_ms=wo["ms"], with_ms=w["ms"], ratio=r, target=TARGET,
-                         verdict="no comparison: mamba-ssm was not importable" if not kernels_present else
-                         "met" if r <= TARGET else f"missed by {(r / TARGET - 1) * 100:.0f}%")
-    write_json(a.out, dict(study="step_vs_mamba", environment=environment(), target=TARGET, sides=sides, ratios=ratios,
-                           note=None if kernels_present else "mamba-ssm was not importable: both sides ran without it"))
-    for n, r in ratios.items(): print(n, r)
+        write_json(a.out, study(sides, names))          # after each side: a cut-off run keeps the first
+    for part in parts: part.unlink(missing_ok=True)     # folded into --out
+    res = study(sides, names)
+    write_json(a.out, res)
+    for n, r in res["ratios"].items(): print(n, r)
 
 
 if __name__ == "__main__":
