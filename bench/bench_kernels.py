@@ -173,7 +173,8 @@ def main():
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--smoke", action="store_true", help="small shapes, for checking the script")
     ap.add_argument("--ops", default="selective_scan,ssd_scan", help="comma-separated: selective_scan, ssd_scan")
-    ap.add_argument("--chunked-sweep", action="store_true", help="also time the chunked paths over the whole sweep")
+    ap.add_argument("--chunked-sweep", action="store_true", help="also time the chunked paths over the whole sweep "
+                    "(each new shape recompiles the compiled chunked path: minutes)")
     ap.add_argument("--render", type=Path, default=None,
                     help="write verdicts and kernels.md next to this kernels.json (e.g. of a run cut off at its time limit) instead of running")
     a = ap.parse_args()
@@ -214,7 +215,7 @@ def main():
     if "ssd_scan" in ops: out["ssd_scan"] = {}
     ssd = dict(SSD, b=2, l=1024) if a.smoke else SSD
     shapes = [("b{b} L{l} H{h} P{p} N{n}".format(**ssd), ssd, True)]
-    shapes += [(f"b2 L{l} H24 P64 N128", dict(b=2, l=l, h=24, p=64, g=1, n=128), True) for l in sweep]
+    shapes += [(f"b2 L{l} H24 P64 N128", dict(b=2, l=l, h=24, p=64, g=1, n=128), a.chunked_sweep or l == 2048) for l in sweep]
     for name, s, with_chunked in (shapes if "ssd_scan" in ops else []):
         paths = (["cuda"] if kernel("ssd_scan")[0] else []) + ["triton"] + (["chunked"] if with_chunked else [])
         print(name, flush=True)
