@@ -317,7 +317,7 @@ def build_free_tables(res:dict)->str:
         e = k.get("env", {})
         out.append(f"{e.get('gpu')}; torch {e.get('torch')}, triton {e.get('triton')}, mamba-ssm {e.get('mamba-ssm') or 'not installed'}, "
                    f"fla-core {e.get('fla-core') or 'not installed'}; `python -m bench.bench_kernels` (fwd + bwd, median of "
-                   "`triton.testing.do_bench`). Ratio = build-free path / mamba-ssm.")
+                   "`triton.testing.do_bench`). Ratio = build-free path / mamba-ssm." + (f" Code: {k['code']}." if k.get("code") else ""))
         lg = k.get("triton_scan_long") or {}
         cfg = k.get("triton_scan_config") or {}
         out.append("Triton selective-scan launch settings: " + ", ".join(f"{a} {b}" for a, b in cfg.items())
@@ -338,8 +338,10 @@ def build_free_tables(res:dict)->str:
             what = (sv.get("sides", {}).get("with", {}).get("cases", {}).get(name) or {}).get("what", name)
             rows.append([name, what, f(r.get("with_ms"), 1), f(r.get("without_ms"), 1), f(r.get("ratio"), 2) + ("x" if "ratio" in r else ""),
                          f"<= {sv.get('target')}", r.get("verdict")])
+        env = sv.get("environment") or {}
         out.append("Whole distillation step (`python -m bench.studies.step_vs_mamba`: the trainer's step, bf16 autocast, in two "
-                   "processes, one with mamba-ssm importable and one without).")
+                   f"processes, one with mamba-ssm importable and one without) on {sv.get('machine') or env.get('device')}"
+                   + (f", commit {sv['commit']}" if sv.get("commit") else "") + ".")
         out.append(table(["case", "what", "with mamba-ssm ms", "without ms", "ratio", "target", "verdict"], rows))
         if sv.get("note"): out.append(f"- {sv['note']}")
         prof = []

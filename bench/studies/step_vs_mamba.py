@@ -104,9 +104,9 @@ def read_part(path:Path)->list:
     return list(sides.items())
 
 
-def study(sides:dict, names:list, machine:str|None=None)->dict:
+def study(sides:dict, names:list, machine:str|None=None, commit:str|None=None)->dict:
     """The study's JSON from the two sides' results: each case's ratio, target and verdict. The environment is the
-    children's (a combined run's parts from before children recorded it: `machine` as given)."""
+    children's (a combined run's parts from before children recorded it: `machine` and `commit` as given)."""
     report = sides.get("with", {}).get("report")
     kernels_present = None if report is None else report.get("selective_scan", {}).get("path") == "cuda"
     ratios = {}
@@ -118,7 +118,8 @@ def study(sides:dict, names:list, machine:str|None=None)->dict:
                          verdict="no comparison: mamba-ssm was not importable" if kernels_present is False else
                          "met" if r <= TARGET else f"missed by {(r / TARGET - 1) * 100:.0f}%")
     env = next((sd["environment"] for sd in sides.values() if sd.get("environment")), None)
-    return dict(study="step_vs_mamba", environment=env, machine=machine or (env or {}).get("device"), target=TARGET,
+    return dict(study="step_vs_mamba", environment=env, machine=machine or (env or {}).get("device"),
+                commit=commit or (env or {}).get("commit"), target=TARGET,
                 sides=sides, ratios=ratios,
                 note=None if kernels_present is not False else "mamba-ssm was not importable: both sides ran without it")
 
@@ -132,6 +133,7 @@ def main(argv=None):
     ap.add_argument("--parts", default=None, help="comma-separated children's JSON files or logs: combine them into --out "
                                                   "instead of running (a run cut off before its study JSON)")
     ap.add_argument("--machine", default=None, help="with --parts whose children did not record their environment: the machine they ran on")
+    ap.add_argument("--commit", default=None, help="with such --parts: the commit they ran")
     a = ap.parse_args(argv)
     names = a.cases.split(",")
     bad = [n for n in names if n not in CASES]
@@ -146,7 +148,7 @@ def main(argv=None):
                 side = sides.setdefault(mode, dict(part, cases={}))
                 for n, c in part["cases"].items(): side["cases"].setdefault(n, c)
                 side.setdefault("sources", []).append(f.name)
-        res = study(sides, names, a.machine)
+        res = study(sides, names, a.machine, a.commit)
         write_json(a.out, res)
         for n, r in res["ratios"].items(): print(n, r)
         return
