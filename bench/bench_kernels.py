@@ -3,8 +3,8 @@
     python -m bench.bench_kernels [--out bench/results] [--smoke] [--ops selective_scan,ssd_scan]
 
 Selective scan (Mamba-1; shared B/C, D, z, delta_bias, softplus, as Mamba's block calls it) at the Vim-Tiny shape
-(batch 128, d 384, L 197, N 16), the replication grid's vim_fashion shape (L 50; reported, not a target) and over L 1K-16K (batch 2, d 1536, N 16); SSD (Mamba-2; one group, D, dt_bias,
-softplus) at (batch 8, L 2048, 24 heads x 64, N 128) and over L 1K-16K (batch 2). Forward and forward + backward
+(batch 128, d 384, L 197, N 16), the replication grid's vim_fashion shape (L 50; reported, not a target) and over
+L 1K-16K (batch 2, d 1536, N 16); SSD (Mamba-2; one group, D, dt_bias, softplus) at (batch 8, L 2048, 24 heads x 64, N 128) and over L 1K-16K (batch 2). Forward and forward + backward
 times (median of `triton.testing.do_bench`), the peak memory of forward + backward above the inputs, and the
 relative difference of each path's output and gradients from the first path measured. The Triton selective scan
 runs with the module's launch settings (chosen by `bench.studies.scan_tune`, recorded in the JSON).
@@ -27,6 +27,7 @@ import cab_bench.ops.triton_scan as ts
 MB = 2**20
 VIM = dict(b=128, d=384, l=197, N=16)
 FASHION = dict(b=128, d=384, l=50, N=16)      # the replication grid's vim_fashion (not one of issue 15's targets)
+FASHION_NAME = "vim_fashion b{b} d{d} L{l} N{N}".format(**FASHION)
 SSD = dict(b=8, l=2048, h=24, p=64, g=1, n=128)
 SWEEP = (1024, 2048, 4096, 8192, 16384)
 
@@ -89,15 +90,17 @@ def measure(call, x:dict)->dict:
     return dict(fwd_ms=fwd, fwdbwd_ms=fwdbwd, peak_mb=peak), (y.detach(), dict(zip(names, grads)))
 
 
-def run_paths(kind:str, call_of, x:dict, paths:list[str])->dict:
-    "Measure each path; record each one's relative difference from the first path's output and gradients."
-    res, first = {}, None
+def run_paths(kind:str, call_of, x:dict, paths:list[str], res:dict|None=None, on_path=None)->dict:
+    """Measure each path into `res`; record each one's relative difference from the first path's output and gradients.
+    `on_path()` runs after each path (the caller saves: a run cut off mid-shape keeps the paths it timed)."""
+    res, first = ({} if res is None else res), None
     for p in paths:
         try:
             m, (y, g) = measure(call_of(p), x)
         except Exception as e:                       # a path that cannot run here is recorded, not fatal
             res[p] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
             torch.cuda.empty_cache()
+            if on_path: on_path()
             continue
         if first is None: first = (p, y, g)
         else:
@@ -109,6 +112,7 @@ def run_paths(kind:str, call_of, x:dict, paths:list[str])->dict:
               + (f"  rel y {m['rel_y']:.1e} grads {m['rel_grad_max']:.1e}" if "rel_y" in m else ""), flush=True)
         del y, g
         torch.cuda.empty_cache()
+        if on_path: on_path()
     return res
 
 
@@ -116,7 +120,7 @@ def verdicts(res:dict)->list[dict]:
     "Issue 15's op-level targets: the Triton paths' fwd + bwd time (<= 1.0x) and scan peak memory (<= 1.5x) vs mamba-ssm."
     rows = []
     for op, mem_target in (("selective_scan", 1.5), ("ssd_scan", None)):
-        if op not in res: rows.append(dict(op=op, shape="all", verdict="not measured in this run")); continue
+        if not res.get(op): rows.append(dict(op=op, shape="all", verdict="not measured in this run")); continue
         for shape, r in res[op].items():
             t, c = r.get("triton", {}), r.get("cuda", {})
             if "fwdbwd_ms" not in t or "fwdbwd_ms" not in c:
@@ -128,7 +132,7 @@ def verdicts(res:dict)->list[dict]:
                 mr = t["peak_mb"] / max(c["peak_mb"], 1e-9)
                 row.update(mem_ratio=mr, mem_target=mem_target)
                 ok = ok and mr <= mem_target
-            row["verdict"] = ("met" if ok else "missed") if not shape.startswith("vim_fashion") else "(not a target)"
+            row["verdict"] = "(not a target)" if shape == FASHION_NAME else "met" if ok else "missed"
             rows.append(row)
     return rows
 
@@ -197,7 +201,7 @@ def main():
     # (not timed: `measure` runs every path once before timing it)
     mamba = kernel("selective_scan")[0] is not None
     d = Path(a.out); d.mkdir(parents=True, exist_ok=True)
-    save = lambda: (d / "kernels.json").write_text(json.dumps(out, indent=1) + "\n")   # after each shape: a cut-off run keeps what it measured
+    save = lambda: (d / "kernels.json").write_text(json.dumps(out, indent=1) + "\n")   # after each path: a cut-off run keeps what it measured
     out["triton_scan_config"] = {k: getattr(ts, k) for k in ts.LAUNCH_KEYS}
     out["triton_scan_long"] = dict(from_L=ts.SCAN_LONG_L, settings=ts.SCAN_LONG)     # `launch_settings(l)`: which apply where
     save()
@@ -205,13 +209,12 @@ def main():
     if "selective_scan" in ops: out["selective_scan"] = {}
     vim = dict(VIM, b=8) if a.smoke else VIM
     shapes = [("vim_tiny b{b} d{d} L{l} N{N}".format(**vim), vim, True)]
-    if not a.smoke: shapes.append(("vim_fashion b{b} d{d} L{l} N{N}".format(**FASHION), FASHION, True))
+    if not a.smoke: shapes.append((FASHION_NAME, FASHION, True))
     shapes += [(f"b2 d1536 L{l} N16", dict(b=2, d=1536, l=l, N=16), a.chunked_sweep or l == 2048) for l in sweep]
     for name, s, with_chunked in (shapes if "selective_scan" in ops else []):
         paths = (["cuda"] if mamba else []) + ["triton"] + (["chunked"] if with_chunked else [])
         print(name, flush=True)
-        out["selective_scan"][name] = run_paths("scan", scan_call, scan_inputs(**s), paths)
-        save()
+        run_paths("scan", scan_call, scan_inputs(**s), paths, out["selective_scan"].setdefault(name, {}), save)
     if "ssd_scan" in ops: out["ssd_scan"] = {}
     ssd = dict(SSD, b=2, l=1024) if a.smoke else SSD
     shapes = [("b{b} L{l} H{h} P{p} N{n}".format(**ssd), ssd, True)]
@@ -219,8 +222,7 @@ def main():
     for name, s, with_chunked in (shapes if "ssd_scan" in ops else []):
         paths = (["cuda"] if kernel("ssd_scan")[0] else []) + ["triton"] + (["chunked"] if with_chunked else [])
         print(name, flush=True)
-        out["ssd_scan"][name] = run_paths("ssd", ssd_call, ssd_inputs(**s), paths)
-        save()
+        run_paths("ssd", ssd_call, ssd_inputs(**s), paths, out["ssd_scan"].setdefault(name, {}), save)
     out["verdicts"] = verdicts(out)
     out["wall_s"] = time.time() - t0
     save()

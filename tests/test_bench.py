@@ -270,6 +270,26 @@ def test_step_vs_mamba_script(tmp_path):
     assert not list(tmp_path.glob("svm.*.json"))          # the children's files are folded in and removed
 
 
+def test_bench_kernels_renders_a_cut_off_run(tmp_path):
+    "--render: verdicts and kernels.md from a kernels.json cut off before SSD; the grid's shape is reported, not judged."
+    from bench.bench_kernels import FASHION_NAME
+    t = lambda ms, mb: dict(fwd_ms=ms / 4, fwdbwd_ms=ms, peak_mb=mb)
+    out = dict(env={"gpu": "a GPU", "torch": "2", "triton": "3", "mamba-ssm": "2", "fla-core": None},
+               report={"ssd_scan": {}}, triton_scan_config={"SCAN_T": 16},
+               selective_scan={"vim_tiny b128 d384 L197 N16": dict(cuda=t(1.0, 100), triton=t(1.2, 120)),
+                               FASHION_NAME: dict(cuda=t(1.0, 100), triton=t(0.9, 100))}, ssd_scan={})
+    f = tmp_path / "kernels.json"
+    f.write_text(json.dumps(out))
+    r = subprocess.run([sys.executable, "-m", "bench.bench_kernels", "--render", str(f)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    v = {(x["op"], x["shape"]): x for x in json.loads(f.read_text())["verdicts"]}
+    assert v[("selective_scan", "vim_tiny b128 d384 L197 N16")]["verdict"] == "missed"          # 1.2x > 1.0
+    assert abs(v[("selective_scan", "vim_tiny b128 d384 L197 N16")]["time_ratio"] - 1.2) < 1e-9
+    assert v[("selective_scan", FASHION_NAME)]["verdict"] == "(not a target)"
+    assert v[("ssd_scan", "all")]["verdict"] == "not measured in this run"
+    assert "| ssd_scan | all |" in (tmp_path / "kernels.md").read_text()
+
+
 def test_step_vs_mamba_combines_parts(tmp_path):
     "A run cut off before its study JSON: a child's JSON and a log of the other child's lines combine into it."
     from bench.studies.step_vs_mamba import main

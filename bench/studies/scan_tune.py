@@ -2,8 +2,8 @@
 
 `cab_bench.ops.triton_scan` reads `SCAN_T` (steps per chunk), `SCAN_BD_MAX` (channels per program), `SCAN_WARPS`
 (forward), `SCAN_WARPS_BWD` (backward), `SCAN_FWD` (which forward kernel) and `SCAN_BWD` / `SCAN_BWD_BD_MAX` (which
-backward kernel, and the 'states' kernel's channels per program) at each call. This times the forward and the backward separately for every
-combination of the values below, at the shapes the workbench runs (the replication grid's `vim_fashion` step, bf16
+backward kernel, and the 'states' kernel's channels per program) at each call. This times the forward and the
+backward separately for every combination of the values below, at the shapes the workbench runs (the replication grid's `vim_fashion` step, bf16
 inputs with B and C as strided views of the x_proj output, as the Vim mixer passes them; Vim-Tiny at 197 tokens; one
 long sequence), checks each setting's outputs and gradients against the module's defaults, and writes a JSON table
 with the fastest setting per shape. The backward keeps the forward's chunk length (its recomputation starts from the

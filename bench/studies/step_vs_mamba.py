@@ -68,9 +68,8 @@ def child(mode:str, names:list, out:Path, smoke:bool=False):
         for m in HIDDEN: sys.modules[m] = None          # `import mamba_ssm` now raises ImportError
     import torch
     from cab_bench.ops import backend_report
-    from bench.benchlib import measure, free_memory, profile_top
+    from bench.benchlib import environment, measure, free_memory, profile_top
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from bench.benchlib import environment
     res = dict(mode=mode, environment=environment(), report=backend_report(dev), cases={})
     for name in names:
         step, batch, what = _case(name, dev, smoke)
@@ -150,18 +149,16 @@ def main(argv=None):
                 side.setdefault("sources", []).append(f.name)
         res = study(sides, names, a.machine, a.commit)
         write_json(a.out, res)
-        for n, r in res["ratios"].items(): print(n, r)
-        return
-    parts = []
-    for mode in ("without", "with"):
-        part = a.out.with_suffix(f".{mode}.json"); parts.append(part)
-        subprocess.run([sys.executable, "-m", "bench.studies.step_vs_mamba", "--child", mode, "--out", str(part),
-                        "--cases", a.cases] + (["--smoke"] if a.smoke else []), check=False, env=dict(os.environ))
-        sides[mode] = json.loads(part.read_text()) if part.exists() else dict(cases={}, error="the child wrote nothing")
-        write_json(a.out, study(sides, names))          # after each side: a cut-off run keeps the first
-    for part in parts: part.unlink(missing_ok=True)     # folded into --out
-    res = study(sides, names)
-    write_json(a.out, res)
+    else:
+        parts = []
+        for mode in ("without", "with"):
+            part = a.out.with_suffix(f".{mode}.json"); parts.append(part)
+            subprocess.run([sys.executable, "-m", "bench.studies.step_vs_mamba", "--child", mode, "--out", str(part),
+                            "--cases", a.cases] + (["--smoke"] if a.smoke else []), check=False, env=dict(os.environ))
+            sides[mode] = json.loads(part.read_text()) if part.exists() else dict(cases={}, error="the child wrote nothing")
+            res = study(sides, names)
+            write_json(a.out, res)                      # after each side: a cut-off run keeps the first
+        for part in parts: part.unlink(missing_ok=True)     # folded into --out, which now holds both sides
     for n, r in res["ratios"].items(): print(n, r)
 
 

@@ -127,6 +127,17 @@ if triton is not None:
         return u, dt, ddt_raw, dt1, go, z, sz, gy
 
     @triton.jit
+    def _state_k(A_ptr, B_ptr, C_ptr, pb, ch, grp, k, t, tm, s_Ad, s_An, s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+                 B_CONST: tl.constexpr, C_CONST: tl.constexpr):
+        "State k's A (BD, 1) and its B and C over a chunk: (BD, 1) when constant, (1, T) per token; for the 'states' kernels."
+        A_k = tl.load(A_ptr + ch * s_Ad + k * s_An).to(tl.float32)[:, None]
+        if B_CONST: Bk = tl.load(B_ptr + ch * s_Bg + k * s_Bn).to(tl.float32)[:, None]
+        else: Bk = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + k * s_Bn + t * s_Bl, mask=tm, other=0.0).to(tl.float32)[None, :]
+        if C_CONST: Ck = tl.load(C_ptr + ch * s_Cg + k * s_Cn).to(tl.float32)[:, None]
+        else: Ck = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + k * s_Cn + t * s_Cl, mask=tm, other=0.0).to(tl.float32)[None, :]
+        return A_k, Bk, Ck
+
+    @triton.jit
     def _ss_fwd(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ck_ptr, last_ptr,
         L, NCH, CPG,                                   # length, chunks, channels per B/C group
@@ -208,11 +219,8 @@ if triton is not None:
             y = tl.zeros([BD, T], tl.float32)
             for k in range(0, N):
                 col = n[None, :] == k
-                A_k = tl.load(A_ptr + ch * s_Ad + k * s_An).to(tl.float32)[:, None]          # (BD, 1)
-                if B_CONST: Bk = tl.load(B_ptr + ch * s_Bg + k * s_Bn).to(tl.float32)[:, None]
-                else: Bk = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + k * s_Bn + t * s_Bl, mask=tm, other=0.0).to(tl.float32)[None, :]
-                if C_CONST: Ck = tl.load(C_ptr + ch * s_Cg + k * s_Cn).to(tl.float32)[:, None]
-                else: Ck = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + k * s_Cn + t * s_Cl, mask=tm, other=0.0).to(tl.float32)[None, :]
+                A_k, Bk, Ck = _state_k(A_ptr, B_ptr, C_ptr, pb, ch, grp, k, t, tm, s_Ad, s_An, s_Bb, s_Bg, s_Bn, s_Bl,
+                                       s_Cb, s_Cg, s_Cn, s_Cl, B_CONST, C_CONST)
                 a = tl.exp(dt * A_k)
                 ac, xc = tl.associative_scan((a, dtu * Bk), 1, _compose)
                 hs = ac * tl.sum(tl.where(col, h, 0.0), 1)[:, None] + xc       # state k over the chunk
@@ -354,11 +362,8 @@ if triton is not None:
             yacc = tl.zeros([BD, T], tl.float32)
             for k in range(0, N):
                 col = n[None, :] == k
-                A_k = tl.load(A_ptr + ch * s_Ad + k * s_An).to(tl.float32)[:, None]          # (BD, 1)
-                if B_CONST: Bk = tl.load(B_ptr + ch * s_Bg + k * s_Bn).to(tl.float32)[:, None]
-                else: Bk = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + k * s_Bn + t * s_Bl, mask=tm, other=0.0).to(tl.float32)[None, :]
-                if C_CONST: Ck = tl.load(C_ptr + ch * s_Cg + k * s_Cn).to(tl.float32)[:, None]
-                else: Ck = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + k * s_Cn + t * s_Cl, mask=tm, other=0.0).to(tl.float32)[None, :]
+                A_k, Bk, Ck = _state_k(A_ptr, B_ptr, C_ptr, pb, ch, grp, k, t, tm, s_Ad, s_An, s_Bb, s_Bg, s_Bn, s_Bl,
+                                       s_Cb, s_Cg, s_Cn, s_Cl, B_CONST, C_CONST)
                 h_in = tl.load(ck_ptr + (row * NCH + c) * NP + k)            # state k entering the chunk
                 a = tl.exp(dt * A_k)
                 x = dtu * Bk
