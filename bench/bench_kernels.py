@@ -149,6 +149,9 @@ def markdown(out:dict)->str:
     lg = out.get("triton_scan_long") or {}
     if lg.get("from_L") is not None:
         lines += [f"From L {lg['from_L']} on: " + ", ".join(f"{k} {v}" for k, v in lg["settings"].items()) + ".", ""]
+    wd = out.get("triton_scan_wide") or {}
+    if wd.get("from_rows") is not None:
+        lines += [f"Below that, from {wd['from_rows']} rows (batch x d) on: " + ", ".join(f"{k} {v}" for k, v in wd["settings"].items()) + ".", ""]
     for op in ("selective_scan", "ssd_scan"):
         if op not in out: lines += [f"## {op}", "", "Not measured in this run.", ""]; continue
         lines += [f"## {op}", "", "| shape | path | fwd ms | fwd+bwd ms | peak MB | rel. diff (out / max grad) |",
@@ -203,7 +206,8 @@ def main():
     d = Path(a.out); d.mkdir(parents=True, exist_ok=True)
     save = lambda: (d / "kernels.json").write_text(json.dumps(out, indent=1) + "\n")   # after each path: a cut-off run keeps what it measured
     out["triton_scan_config"] = {k: getattr(ts, k) for k in ts.LAUNCH_KEYS}
-    out["triton_scan_long"] = dict(from_L=ts.SCAN_LONG_L, settings=ts.SCAN_LONG)     # `launch_settings(l)`: which apply where
+    out["triton_scan_long"] = dict(from_L=ts.SCAN_LONG_L, settings=ts.SCAN_LONG)     # `launch_settings(l, rows)`: which apply where
+    out["triton_scan_wide"] = dict(from_rows=ts.SCAN_WIDE_ROWS, below_L=ts.SCAN_LONG_L, settings=ts.SCAN_WIDE)
     save()
     sweep = (1024, 2048) if a.smoke else SWEEP
     if "selective_scan" in ops: out["selective_scan"] = {}

@@ -319,9 +319,12 @@ def build_free_tables(res:dict)->str:
                    f"fla-core {e.get('fla-core') or 'not installed'}; `python -m bench.bench_kernels` (fwd + bwd, median of "
                    "`triton.testing.do_bench`). Ratio = build-free path / mamba-ssm." + (f" Code: {k['code']}." if k.get("code") else ""))
         lg = k.get("triton_scan_long") or {}
+        wd = k.get("triton_scan_wide") or {}
         cfg = k.get("triton_scan_config") or {}
         out.append("Triton selective-scan launch settings: " + ", ".join(f"{a} {b}" for a, b in cfg.items())
-                   + (f"; from L {lg['from_L']} on: " + ", ".join(f"{a} {b}" for a, b in lg["settings"].items()) if lg.get("from_L") else "") + ".")
+                   + (f"; from L {lg['from_L']} on: " + ", ".join(f"{a} {b}" for a, b in lg["settings"].items()) if lg.get("from_L") else "")
+                   + (f"; below that, from {wd['from_rows']} rows (batch x d) on: " + ", ".join(f"{a} {b}" for a, b in wd["settings"].items())
+                      if wd.get("from_rows") else "") + ".")
         rows = []
         for v in k.get("verdicts", []):
             op, shape = v["op"], v["shape"]

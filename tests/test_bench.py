@@ -335,9 +335,11 @@ def test_scan_tune_script(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     d = json.loads(out.read_text())["shapes"]["tiny"]
     kinds = {(x["kind"], x["SCAN_FWD"], x.get("SCAN_BWD")) for x in d["rows"]}
-    assert kinds == {("fwd", "tiles", None), ("fwd", "states", None), ("fwd_bwd", "tiles", "tiles"),
-                     ("fwd_bwd", "tiles", "states"), ("fwd_bwd", "states", "states")}   # long chunks: after the 'states' forward
-    assert {e["SCAN_FWD"] for e in d["estimates"]} == {"tiles", "states"}
+    assert kinds == {("fwd", "tiles", None), ("fwd", "states", None), ("fwd", "seq", None), ("fwd_bwd", "tiles", "tiles"),
+                     ("fwd_bwd", "tiles", "states"), ("fwd_bwd", "states", "states"),   # long chunks: after the 'states' forward
+                     ("fwd_bwd", "seq", "seq")}
+    assert "states" in {e["SCAN_FWD"] for e in d["estimates"]} <= {"tiles", "states", "seq"}   # T 32: only 'states' forwards
+    assert {e["SCAN_BWD"] for e in d["estimates"]} == {"tiles", "states", "seq"}
     assert all("error" not in x and x["err"] < 1e-4 for x in d["rows"])          # the interpreter computes in fp32
     assert d["default_fwd_bwd_ms"] > 0 and d["best"]["fwd_bwd_ms"] > 0
     assert {"SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_BWD", "SCAN_WARPS_BWD"} <= set(d["best"])

@@ -97,12 +97,14 @@ def run_interpreted(cases, part_max=None, bwd="tiles", fwd="tiles", T=None):
 
 @pytest.mark.parametrize("fwd,bwd,part_max,T", [("tiles", "tiles", None, None), ("tiles", "tiles", 0, None),
                                                 ("tiles", "states", None, None), ("states", "states", None, 8),
-                                                ("states", "tiles", None, None)])
+                                                ("states", "tiles", None, None), ("seq", "seq", None, None),
+                                                ("tiles", "seq", 0, 8)])
 def test_triton_scan_interpreted_all_options(fwd, bwd, part_max, T):
     """Every option at once and none, the three B/C layouts, a partly filled chunk (tiny shapes); per-token dB/dC both
     ways: per-block slices summed after (the default at these sizes) and atomic adds (`SCAN_BC_PART_MAX = 0`); both
     forward kernels (`SCAN_FWD`) and both backward kernels (`SCAN_BWD`; the 'states' kernel's atomic adds are run by
-    the random-shapes test), each forward with each backward (they share the per-chunk checkpoints)."""
+    the random-shapes test), each forward with each backward (they share the per-chunk checkpoints); the 'seq'
+    kernels (one step at a time) after themselves and, with atomic adds and 8-step chunks, after the 'tiles' forward."""
     all_opts = ("D", "z", "delta_bias", "initial_state")
     run_interpreted([("shared", 2, 32, 37, 4, all_opts, True, 0), ("grouped", 1, 32, 5, 3, (), False, 1),
                      ("const", 2, 4, 9, 2, all_opts, True, 2)], part_max, bwd, fwd, T)
@@ -120,6 +122,7 @@ def test_triton_scan_interpreted_random_shapes():
     run_interpreted(cases)
     run_interpreted(cases[::2], part_max=0, bwd="states")  # the 'states' backward on half the cases, dB/dC by atomic adds
     run_interpreted(cases[1::2], bwd="states", fwd="states", T=32)   # the 'states' forward, longer chunks, the other half
+    run_interpreted(cases[::3], part_max=0, bwd="seq", fwd="seq")     # the 'seq' kernels on a third, dB/dC by atomic adds
 
 
 # ---------------------------------------------------------------- CPU: fla's mapping and our backward
@@ -226,6 +229,39 @@ def test_triton_scan_long_chunks(fwd, T, bd, monkeypatch):
     for seed, (bc, l) in enumerate((("shared", 1000), ("grouped", 777), ("const", 300))):
         x = random_scan_inputs(b=2, d=16, l=l, N=16, bc=bc, dtype=torch.float64, device=DEV, seed=seed)
         compare_scan(fn, x, ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"], True, torch.float32, 2e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("T,bd,bd_bwd,warps", [(16, 32, 32, 1), (64, 128, 64, 4), (8, 16, 128, 2)])
+def test_triton_scan_seq_kernels(T, bd, bd_bwd, warps, monkeypatch):
+    """The 'seq' kernels (one step at a time; the settings `SCAN_WIDE` applies to many rows) at launch settings of
+    scan_tune's grid, against the float64 reference: outputs, last state and every gradient, every option, the three
+    B/C layouts, lengths off the chunk, float32 and bf16; per-token dB/dC both per block and by atomic adds."""
+    need_triton("selective_scan")
+    import cab_bench.ops.triton_scan as ts
+    for k, v in dict(SCAN_FWD="seq", SCAN_BWD="seq", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_BWD_BD_MAX=bd_bwd,
+                     SCAN_WARPS=warps, SCAN_WARPS_BWD=warps, SCAN_LONG_L=None, SCAN_WIDE_ROWS=None).items():
+        monkeypatch.setattr(ts, k, v)
+    fn = lambda **a: selective_scan(**a, backend="triton")
+    keys = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+    for seed, (bc, b, l) in enumerate((("shared", 4, 50), ("grouped", 2, 197), ("const", 3, 33), ("shared", 1, 1))):
+        x = random_scan_inputs(b=b, d=256, l=l, N=16, bc=bc, dtype=torch.float64, device=DEV, seed=seed)
+        compare_scan(fn, x, keys, True, torch.float32, 2e-4)
+        compare_scan(fn, x, keys, True, torch.bfloat16, 3e-2)
+    monkeypatch.setattr(ts, "SCAN_BC_PART_MAX", 0)
+    x = random_scan_inputs(b=2, d=256, l=100, N=13, bc="shared", dtype=torch.float64, device=DEV, seed=9)
+    compare_scan(fn, x, keys, True, torch.float32, 2e-4)
+
+
+@pytest.mark.cuda
+def test_triton_scan_wide_settings_apply():
+    "Many rows below SCAN_LONG_L take SCAN_WIDE's settings (the 'seq' kernels); the Vim-Tiny shape matches the reference."
+    need_triton("selective_scan")
+    import cab_bench.ops.triton_scan as ts
+    assert ts.launch_settings(197, 128 * 384)["SCAN_FWD"] == ts.SCAN_WIDE["SCAN_FWD"]
+    x = random_scan_inputs(b=128, d=384, l=197, N=16, bc="shared", dtype=torch.float64, device=DEV, seed=5)
+    compare_scan(lambda **a: selective_scan(**a, backend="triton"), x, ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"],
+                 True, torch.float32, 2e-4)
 
 
 @pytest.mark.cuda

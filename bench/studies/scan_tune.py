@@ -31,7 +31,10 @@ SHAPES = {        # name: (batch, channels, length, d_state, dt_rank)
     "long16k": (2, 1536, 16384, 16, 48),     # not in the default --shapes: the 16K end of the bench's sweep
 }
 GRID = dict(T=(8, 16, 32), BD_MAX=(2, 4, 8, 16), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4, 8), BWD_BD_MAX=(8, 16, 32, 64),
-            T_STATES=(64, 256), BD_STATES=(1, 2, 4, 8), WARPS_STATES=(1, 2, 4))     # 168 settings a shape
+            T_STATES=(64, 256), BD_STATES=(1, 2, 4, 8), WARPS_STATES=(1, 2, 4),
+            # the 'seq' kernels (one step at a time, states in registers): T is only the checkpoint interval there
+            T_SEQ=(16, 64), BD_SEQ=(16, 32, 64, 128), WARPS_SEQ=(1, 2, 4), BWD_BD_SEQ=(16, 32, 64, 128),
+            WARPS_BWD_SEQ=(1, 2, 4))     # 216 settings a shape
 # Long sequences: few programs (batch x channels / block) each walk many chunks one after another, so longer chunks
 # (fewer sequential steps, more work per step) and fewer channels per program (more programs) are tried there.
 LONG_GRID = dict(T=(16, 64), BD_MAX=(1, 2), WARPS=(1, 4), WARPS_BWD=(2, 4), BWD_BD_MAX=(2, 4, 8),
@@ -61,7 +64,7 @@ def run_once(ts, x, gy):
 def rel(a, b)->float: return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
 
 
-def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None)->dict:
+def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None, only:str|None=None)->dict:
     """Forward alone for every (T, BD_MAX, WARPS) of the 'tiles' forward and every (T_STATES, BD_STATES, WARPS_STATES)
     of the 'states' forward (where the grid has them); forward + backward for every backward kernel setting: 'tiles'
     with (T, BD_MAX, WARPS_BWD) (it uses the forward's channel block), 'states' with (T or T_STATES, BWD_BD_MAX,
@@ -90,19 +93,30 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None)->dict:
                  for T, bd, w in itertools.product(sorted({*grid["T"], *Ts}), grid["BWD_BD_MAX"], grid["WARPS_BWD"])]
     settings += [dict(after(T), kind="fwd_bwd", SCAN_BWD="tiles", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS_BWD=w)
                  for T, bd, w in itertools.product(grid["T"], grid["BD_MAX"], grid["WARPS_BWD"])]
+    Tq = grid.get("T_SEQ", ())
+    if Tq:     # a 'seq' backward runs after a 'seq' forward (32 channels a program where the grid has it)
+        seq_after = dict(SCAN_FWD="seq", SCAN_BD_MAX=32 if 32 in grid["BD_SEQ"] else grid["BD_SEQ"][0],
+                         SCAN_WARPS=grid["WARPS_SEQ"][0])
+    settings += [dict(kind="fwd", SCAN_FWD="seq", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS=w)
+                 for T, bd, w in itertools.product(Tq, grid.get("BD_SEQ", ()), grid.get("WARPS_SEQ", ()))]
+    settings += [dict(seq_after, kind="fwd_bwd", SCAN_BWD="seq", SCAN_T=T, SCAN_BWD_BD_MAX=bd, SCAN_WARPS_BWD=w)
+                 for T, bd, w in itertools.product(Tq, grid.get("BWD_BD_SEQ", ()), grid.get("WARPS_BWD_SEQ", ()))]
+    if only:   # one kernel's settings, and the module's defaults (forward, and forward + backward) to compare with
+        settings = [st for st in settings if only in (st.get("SCAN_FWD"), st.get("SCAN_BWD"))
+                    or all(st.get(k, saved[k]) == saved[k] for k in saved)]
     def summary(rows):
         "The table so far: rows, each backward's estimated best step, the best one, the defaults' time."
         ok = [r for r in rows if "ms" in r and r["err"] < 1e-2]
         fkey = lambda r: (r["SCAN_FWD"], r["SCAN_T"], r.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"]), r.get("SCAN_WARPS", saved["SCAN_WARPS"]))
         fwd_at = {fkey(r): r["ms"] for r in ok if r["kind"] == "fwd"}
         est = []
-        for T in sorted({*grid["T"], *grid.get("T_STATES", ())}):
+        for T in sorted({*grid["T"], *grid.get("T_STATES", ()), *grid.get("T_SEQ", ())}):
             fw = [r for r in ok if r["kind"] == "fwd" and r["SCAN_T"] == T]
             for b in (r for r in ok if r["kind"] == "fwd_bwd" and r["SCAN_T"] == T):
                 if fkey(b) not in fwd_at: continue                             # the forward it ran after was not timed
                 bwd_ms = b["ms"] - fwd_at[fkey(b)]
                 fbd = b.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"])
-                cand = [f for f in fw if b["SCAN_BWD"] == "states" or f["SCAN_BD_MAX"] == fbd]   # 'tiles' needs the same block
+                cand = [f for f in fw if b["SCAN_BWD"] != "tiles" or f["SCAN_BD_MAX"] == fbd]    # 'tiles' needs the same block
                 if not cand: continue
                 f = min(cand, key=lambda r: r["ms"])
                 est.append(dict(SCAN_T=T, SCAN_FWD=f["SCAN_FWD"], SCAN_BD_MAX=f["SCAN_BD_MAX"], SCAN_WARPS=f["SCAN_WARPS"],
@@ -138,6 +152,8 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", default="vim_fashion,vim_tiny,long", help=f"comma-separated, of {', '.join(SHAPES)}")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and two settings (for Triton's interpreter)")
+    ap.add_argument("--only", choices=("tiles", "states", "seq"), default=None,
+                    help="time only the settings of this kernel (forward or backward), and the module's defaults")
     a = ap.parse_args(argv)
     import cab_bench.ops.triton_scan as ts
     why = ts.triton_unavailable()
@@ -149,23 +165,27 @@ def main(argv=None):
     shapes = {"tiny": (2, 8, 21, 4, 2)} if a.smoke else {k: SHAPES[k] for k in a.shapes.split(",")}
     grid = (dict(T=tuple(sorted({8, ts.SCAN_T})), BD_MAX=(ts.SCAN_BD_MAX,), WARPS=(ts.SCAN_WARPS,), WARPS_BWD=(ts.SCAN_WARPS_BWD,),
                  BWD_BD_MAX=tuple(sorted({4, ts.SCAN_BWD_BD_MAX})), T_STATES=(32,), BD_STATES=(ts.SCAN_BD_MAX,),
-                 WARPS_STATES=(ts.SCAN_WARPS,)) if a.smoke else GRID)   # smoke: around the defaults, and one 'states' forward
+                 WARPS_STATES=(ts.SCAN_WARPS,), T_SEQ=(8,), BD_SEQ=(4,), WARPS_SEQ=(1,), BWD_BD_SEQ=(8,),
+                 WARPS_BWD_SEQ=(1,)) if a.smoke else GRID)   # smoke: around the defaults, one 'states' and one 'seq' forward
     res, t0, env = {}, time.time(), environment()
     long_saved = (ts.SCAN_LONG_L, ts.SCAN_LONG)
-    ts.SCAN_LONG_L = None                       # every length takes the module-level settings being tuned
+    wide_saved = (ts.SCAN_WIDE_ROWS, ts.SCAN_WIDE)
+    ts.SCAN_LONG_L = ts.SCAN_WIDE_ROWS = None   # every shape takes the module-level settings being tuned
     try:
         for name, shape in shapes.items():
             save = lambda: write_json(a.out, dict(study="scan_tune", environment=env, defaults=defaults, grid=grid,
                                                   long_settings=dict(from_L=long_saved[0], settings=long_saved[1]),
+                                                  wide_settings=dict(from_rows=wide_saved[0], settings=wide_saved[1]),
                                                   seconds=time.time() - t0, shapes=res))
             # after each setting the shape's table so far (complete: False), so a cut-off run keeps it and its best
             res[name] = tune(ts, shape, dev, grid if a.smoke else SHAPE_GRIDS.get(name, grid), a.smoke,
-                             on_rows=lambda part: (res.__setitem__(name, dict(part, complete=False)), save()))
+                             on_rows=lambda part: (res.__setitem__(name, dict(part, complete=False)), save()), only=a.only)
             res[name]["complete"] = True
             save()
     finally:
         for k, v in defaults.items(): setattr(ts, k, v)
         ts.SCAN_LONG_L, ts.SCAN_LONG = long_saved
+        ts.SCAN_WIDE_ROWS, ts.SCAN_WIDE = wide_saved
     for name, r in res.items(): print(name, "defaults:", r["default_fwd_bwd_ms"], "ms; best:", r["best"])
 
 

@@ -20,8 +20,8 @@ from ..core import CabError
 
 # %% auto #0
 __all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BWD', 'SCAN_BWD_BD_MAX', 'SCAN_FWD', 'SCAN_LONG_L',
-           'SCAN_LONG', 'LAUNCH_KEYS', 'SCAN_BC_PART_MAX', 'launch_settings', 'triton_unavailable',
-           'selective_scan_triton']
+           'SCAN_LONG', 'SCAN_WIDE_ROWS', 'SCAN_WIDE', 'KERNELS', 'LAUNCH_KEYS', 'SCAN_BC_PART_MAX', 'launch_settings',
+           'triton_unavailable', 'selective_scan_triton']
 
 # %% ../../nbs/14_ops.triton_scan.ipynb #b11b67ad
 SCAN_T = 16        # time steps per chunk: one associative scan over a (BD, N, T) tile
@@ -41,31 +41,48 @@ SCAN_LONG = dict(SCAN_T=128, SCAN_BD_MAX=2, SCAN_WARPS=1, SCAN_FWD="states", SCA
                  SCAN_BWD_BD_MAX=8, SCAN_WARPS_BWD=2)
 # SCAN_LONG: the least forward + backward time of scan_tune's long grid on an H200 (b 2, d 1536, L 4096, bf16;
 # bench/results/scan_tune_long_h200.json, 78 settings): 2.68 ms against 3.89 ms with the settings above.
+SCAN_WIDE_ROWS = 8192  # below SCAN_LONG_L, from this many (batch x channel) rows on SCAN_WIDE's settings apply (None: never)
+SCAN_WIDE = dict(SCAN_T=16, SCAN_BD_MAX=32, SCAN_WARPS=1, SCAN_FWD="seq", SCAN_BWD="seq",
+                 SCAN_BWD_BD_MAX=32, SCAN_WARPS_BWD=1)
+# SCAN_WIDE: the 'seq' kernels, one step at a time with the states in registers. Many rows give enough programs to
+# fill the GPU without splitting the sequence, and each program then walks its steps with no scan tree at all.
+KERNELS = ("tiles", "states", "seq")     # the values SCAN_FWD and SCAN_BWD take
 LAUNCH_KEYS = ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_FWD", "SCAN_BWD", "SCAN_BWD_BD_MAX", "SCAN_WARPS_BWD")
 
-def _long_from_env():
-    "`$CAB_BENCH_SCAN_LONG`, a JSON object such as '{\"from_L\": 1024, \"SCAN_T\": 64}', sets SCAN_LONG_L and SCAN_LONG at import."
-    global SCAN_LONG_L, SCAN_LONG
-    raw = os.environ.get("CAB_BENCH_SCAN_LONG")
-    if not raw: return
+def _from_env(var:str, key:str, current:dict)->tuple[int, dict]|None:
+    "`$var`, a JSON object such as '{\"<key>\": 1024, \"SCAN_T\": 64}': (threshold, settings over `current`), or None when unset."
+    raw = os.environ.get(var)
+    if not raw: return None
     try: d = json.loads(raw)
-    except ValueError as e: raise CabError(f"CAB_BENCH_SCAN_LONG must be a JSON object such as '{{\"from_L\": 1024, \"SCAN_T\": 64}}'; got {raw!r} ({e})")
-    if not isinstance(d, dict) or not isinstance(d.get("from_L"), int) or set(d) - {"from_L", *LAUNCH_KEYS}:
-        raise CabError(f"CAB_BENCH_SCAN_LONG must hold an integer from_L and some of {LAUNCH_KEYS}; got {raw!r}")
-    SCAN_LONG_L, SCAN_LONG = d.pop("from_L"), dict(SCAN_LONG, **d)
+    except ValueError as e: raise CabError(f"{var} must be a JSON object such as '{{\"{key}\": 1024, \"SCAN_T\": 64}}'; got {raw!r} ({e})")
+    if not isinstance(d, dict) or not isinstance(d.get(key), int) or set(d) - {key, *LAUNCH_KEYS}:
+        raise CabError(f"{var} must hold an integer {key} and some of {LAUNCH_KEYS}; got {raw!r}")
+    return d.pop(key), dict(current, **d)
 
-def launch_settings(l:int)->dict:
-    "The launch settings the kernels use for a sequence of length `l`: the module's, or `SCAN_LONG`'s from `SCAN_LONG_L` on."
+def _settings_from_env():
+    "`$CAB_BENCH_SCAN_LONG` (with from_L) and `$CAB_BENCH_SCAN_WIDE` (with from_rows) set those settings at import."
+    global SCAN_LONG_L, SCAN_LONG, SCAN_WIDE_ROWS, SCAN_WIDE
+    got = _from_env("CAB_BENCH_SCAN_LONG", "from_L", SCAN_LONG)
+    if got: SCAN_LONG_L, SCAN_LONG = got
+    got = _from_env("CAB_BENCH_SCAN_WIDE", "from_rows", SCAN_WIDE)
+    if got: SCAN_WIDE_ROWS, SCAN_WIDE = got
+
+def launch_settings(l:int, rows:int|None=None)->dict:
+    """The launch settings the kernels use for `rows` (batch x channels) sequences of length `l`: `SCAN_LONG`'s from
+    `SCAN_LONG_L` on; below it `SCAN_WIDE`'s from `SCAN_WIDE_ROWS` rows on; else the module's."""
     s = {k: globals()[k] for k in LAUNCH_KEYS}
-    if SCAN_LONG_L is not None and l >= SCAN_LONG_L:
-        bad = sorted(set(SCAN_LONG) - set(LAUNCH_KEYS))
-        if bad: raise CabError(f"SCAN_LONG: keys {bad} not allowed; expected some of {LAUNCH_KEYS}")
-        s.update(SCAN_LONG)
+    over = None
+    if SCAN_LONG_L is not None and l >= SCAN_LONG_L: over = ("SCAN_LONG", SCAN_LONG)
+    elif SCAN_WIDE_ROWS is not None and rows is not None and rows >= SCAN_WIDE_ROWS: over = ("SCAN_WIDE", SCAN_WIDE)
+    if over:
+        bad = sorted(set(over[1]) - set(LAUNCH_KEYS))
+        if bad: raise CabError(f"{over[0]}: keys {bad} not allowed; expected some of {LAUNCH_KEYS}")
+        s.update(over[1])
     for k in ("SCAN_FWD", "SCAN_BWD"):
-        if s[k] not in ("tiles", "states"): raise CabError(f"{k} must be 'tiles' or 'states'; got {s[k]!r}")
+        if s[k] not in KERNELS: raise CabError(f"{k} must be one of {KERNELS}; got {s[k]!r}")
     return s
 
-_long_from_env()
+_settings_from_env()
 
 SCAN_BC_PART_MAX = 256 << 20   # bytes: per-token dB/dC written per channel block and summed after (deterministic, no
                                # atomics) while that buffer stays this small; above it, atomic adds into one (b, G, N, L)
@@ -407,6 +424,160 @@ if triton is not None:
         if B_CONST: tl.atomic_add(gB_ptr + ch[:, None] * N + n[None, :], gBk, mask=nm[None, :])
         if C_CONST: tl.atomic_add(gC_ptr + ch[:, None] * N + n[None, :], gCk, mask=nm[None, :])
 
+    @triton.jit
+    def _ss_fwd_seq(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ck_ptr, last_ptr,
+        L, NCH, CPG,
+        s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol, s_Ad, s_An,
+        s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+        N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+        B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+    ):
+        """`_ss_fwd` one step at a time: the program's (BD, NP) states stay in registers and take the recurrence step
+        by step, with no scan tree; per-step values are (BD, 1) columns and B_t, C_t (1, NP) rows. For many channels
+        (batch x d large), where enough programs run at once to fill the GPU. Same checkpoints (every T steps)."""
+        pb, pd = tl.program_id(0), tl.program_id(1)
+        ch = pd * BD + tl.arange(0, BD)
+        grp = (pd * BD) // CPG
+        n = tl.arange(0, NP)
+        nm = n < N
+        d_all = tl.num_programs(1) * BD
+        row = pb * d_all + ch
+        st = row[:, None] * NP + n[None, :]
+        A = tl.load(A_ptr + ch[:, None] * s_Ad + n[None, :] * s_An, mask=nm[None, :], other=0.0).to(tl.float32)
+        Dv, bias = _channel_consts(D_ptr, bias_ptr, ch, BD, HAS_D, HAS_BIAS)
+        h = tl.zeros([BD, NP], tl.float32)
+        if HAS_H0: h = tl.load(h0_ptr + st)
+        if B_CONST: Bk = tl.load(B_ptr + ch[:, None] * s_Bg + n[None, :] * s_Bn, mask=nm[None, :], other=0.0).to(tl.float32)
+        if C_CONST: Ck = tl.load(C_ptr + ch[:, None] * s_Cg + n[None, :] * s_Cn, mask=nm[None, :], other=0.0).to(tl.float32)
+        zero1 = tl.zeros([1], tl.int32)
+        for c in range(0, NCH):
+            tl.store(ck_ptr + (row[:, None] * NCH + c) * NP + n[None, :], h)   # the state entering the chunk
+            for j in range(0, T):
+                t = c * T + j + zero1                                          # (1,)
+                tm = t < L
+                u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
+                dt, _ = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)   # (BD, 1)
+                m2 = tm[:, None] & nm[None, :]
+                if B_CONST: Bt = Bk
+                else: Bt = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=m2, other=0.0).to(tl.float32)
+                if C_CONST: Ct = Ck
+                else: Ct = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=m2, other=0.0).to(tl.float32)
+                h = tl.exp(dt * A) * h + (dt * u) * Bt                        # past L: dt = 0, the state is kept
+                y = tl.sum(h * Ct, 1, keep_dims=True)
+                if HAS_D: y = y + Dv[:, None] * u
+                if HAS_Z:
+                    z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
+                    y = y * z * tl.sigmoid(z)
+                tl.store(out_ptr + pb * s_ob + ch[:, None] * s_od + t[None, :] * s_ol, y.to(out_ptr.dtype.element_ty), mask=tm[None, :])
+        tl.store(last_ptr + st, h)
+
+    @triton.jit
+    def _ss_bwd_seq(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, gout_ptr, glast_ptr,
+        gu_ptr, gdt_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, gh0_ptr, scr_ptr,
+        L, NCH, CPG,
+        s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_Ad, s_An,
+        s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+        N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+        B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GLAST: tl.constexpr, BC_PART: tl.constexpr,
+    ):
+        """`_ss_bwd` one step at a time. Per chunk, from the end: recompute the chunk's states step by step from its
+        checkpoint into the program's slice of a scratch buffer (T + 1 states of (BD, NP), float32), then walk the chunk
+        backwards with the adjoint g_t = a_{t+1} g_{t+1} + C_t gy_t in registers, reading h_{t-1} back."""
+        pb, pd = tl.program_id(0), tl.program_id(1)
+        ch = pd * BD + tl.arange(0, BD)
+        grp = (pd * BD) // CPG
+        n = tl.arange(0, NP)
+        nm = n < N
+        d_all = tl.num_programs(1) * BD
+        row = pb * d_all + ch
+        st = row[:, None] * NP + n[None, :]
+        sc = scr_ptr + (pb * tl.num_programs(1) + pd) * (T + 1) * BD * NP + tl.arange(0, BD)[:, None] * NP + n[None, :]
+        A = tl.load(A_ptr + ch[:, None] * s_Ad + n[None, :] * s_An, mask=nm[None, :], other=0.0).to(tl.float32)
+        Dv, bias = _channel_consts(D_ptr, bias_ptr, ch, BD, HAS_D, HAS_BIAS)
+        g = tl.zeros([BD, NP], tl.float32)                               # dLoss/dh_t (after the step loop: of h_{t0})
+        if HAS_GLAST: g = tl.load(glast_ptr + st)
+        a_next = tl.full([BD, NP], 1.0, tl.float32)                      # a_{t+1}; past L it is 1
+        if B_CONST: Bk = tl.load(B_ptr + ch[:, None] * s_Bg + n[None, :] * s_Bn, mask=nm[None, :], other=0.0).to(tl.float32)
+        if C_CONST: Ck = tl.load(C_ptr + ch[:, None] * s_Cg + n[None, :] * s_Cn, mask=nm[None, :], other=0.0).to(tl.float32)
+        gA = tl.zeros([BD, NP], tl.float32)
+        gBk = tl.zeros([BD, NP], tl.float32)
+        gCk = tl.zeros([BD, NP], tl.float32)
+        gD = tl.zeros([BD, 1], tl.float32)
+        gbias = tl.zeros([BD, 1], tl.float32)
+        zero1 = tl.zeros([1], tl.int32)
+        for cc in range(0, NCH):
+            c = NCH - 1 - cc
+            h = tl.load(ck_ptr + (row[:, None] * NCH + c) * NP + n[None, :])
+            tl.store(sc, h)
+            for j in range(0, T):                                        # the chunk's states, into the scratch
+                t = c * T + j + zero1
+                tm = t < L
+                u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
+                dt, _ = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+                if B_CONST: Bt = Bk
+                else: Bt = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=tm[:, None] & nm[None, :], other=0.0).to(tl.float32)
+                h = tl.exp(dt * A) * h + (dt * u) * Bt
+                tl.store(sc + (j + 1) * BD * NP, h)
+            tl.debug_barrier()                                           # the scratch is read by other threads
+            for jj in range(0, T):
+                j = T - 1 - jj
+                t = c * T + j + zero1
+                tm = t < L
+                off_g = row[:, None] * L + t[None, :]                    # the gradients are contiguous (b, d, L)
+                u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
+                dt, ddt_raw = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+                go = tl.load(gout_ptr + pb * s_gb + ch[:, None] * s_gd + t[None, :] * s_gl, mask=tm[None, :], other=0.0).to(tl.float32)
+                gy = go
+                if HAS_Z:
+                    z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
+                    sz = tl.sigmoid(z)
+                    gy = go * z * sz
+                m2 = tm[:, None] & nm[None, :]
+                if B_CONST: Bt = Bk
+                else: Bt = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=m2, other=0.0).to(tl.float32)
+                if C_CONST: Ct = Ck
+                else: Ct = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=m2, other=0.0).to(tl.float32)
+                h_t = tl.load(sc + (j + 1) * BD * NP)
+                hp = tl.load(sc + j * BD * NP)                               # h_{t-1}
+                a = tl.exp(dt * A)
+                g = a_next * g + Ct * gy                                     # dLoss/dh_t
+                hp = a * hp
+                dtu = dt * u
+                gBu = tl.sum(g * Bt, 1, keep_dims=True)
+                gdt = tl.sum(g * hp * A, 1, keep_dims=True) + gBu * u
+                gA += g * hp * dt
+                gu = gBu * dt + gy * Dv[:, None]
+                gdt = tl.where(tm[None, :], gdt * ddt_raw, 0.0)
+                gbias += gdt
+                if HAS_D: gD += gy * u
+                if HAS_Z:
+                    pre = tl.sum(h_t * Ct, 1, keep_dims=True) + Dv[:, None] * u   # the output before the gate
+                    tl.store(gz_ptr + off_g, (go * pre * sz * (1.0 + z * (1.0 - sz))).to(gz_ptr.dtype.element_ty), mask=tm[None, :])
+                tl.store(gu_ptr + off_g, gu.to(gu_ptr.dtype.element_ty), mask=tm[None, :])
+                tl.store(gdt_ptr + off_g, gdt.to(gdt_ptr.dtype.element_ty), mask=tm[None, :])
+                if B_CONST: gBk += g * dtu
+                else:
+                    gBt = tl.sum(g * dtu, 0, keep_dims=True)                 # (1, NP): the block's channels summed first
+                    if BC_PART: tl.store(gB_ptr + ((pb * tl.num_programs(1) + pd) * N + n[None, :]) * L + t[:, None], gBt, mask=m2)
+                    else: tl.atomic_add(gB_ptr + ((pb * (d_all // CPG) + grp) * N + n[None, :]) * L + t[:, None], gBt, mask=m2)
+                if C_CONST: gCk += h_t * gy
+                else:
+                    gCt = tl.sum(h_t * gy, 0, keep_dims=True)
+                    if BC_PART: tl.store(gC_ptr + ((pb * tl.num_programs(1) + pd) * N + n[None, :]) * L + t[:, None], gCt, mask=m2)
+                    else: tl.atomic_add(gC_ptr + ((pb * (d_all // CPG) + grp) * N + n[None, :]) * L + t[:, None], gCt, mask=m2)
+                a_next = a
+            tl.debug_barrier()                                           # before the next chunk overwrites the scratch
+        tl.store(gA_ptr + st, gA)
+        tl.store(gh0_ptr + st, a_next * g)                               # dLoss/dh_{-1} = a_0 g_0
+        tl.store(gD_ptr + row[:, None], gD)
+        tl.store(gbias_ptr + row[:, None], gbias)
+        if B_CONST: tl.atomic_add(gB_ptr + ch[:, None] * N + n[None, :], gBk, mask=nm[None, :])
+        if C_CONST: tl.atomic_add(gC_ptr + ch[:, None] * N + n[None, :], gCk, mask=nm[None, :])
+
 # %% ../../nbs/14_ops.triton_scan.ipynb #70fb0ee6
 def _bc_view(X:torch.Tensor, name:str, b:int, d:int, l:int)->tuple[torch.Tensor, bool, tuple]:
     "B or C as (tensor, constant?, (s_b, s_g, s_n, s_l)); per-token ones as (b, G, N, L) views (no copy)."
@@ -437,7 +608,7 @@ class _TritonScan(torch.autograd.Function):
         if not bconst and not cconst and Bv.shape[1] != Cv.shape[1]:
             raise CabError(f"selective_scan: B and C must have the same number of groups; got {Bv.shape[1]} and {Cv.shape[1]}")
         cpg = d // G
-        cfg = launch_settings(l)
+        cfg = launch_settings(l, b * d)
         bd, T, NP = _block(cpg, cfg["SCAN_BD_MAX"]), cfg["SCAN_T"], triton.next_power_of_2(N)
         nch = triton.cdiv(l, T)
         out = torch.empty(b, d, l, dtype=u.dtype, device=u.device)
@@ -448,7 +619,7 @@ class _TritonScan(torch.autograd.Function):
             h0p = torch.zeros(b, d, NP, dtype=torch.float32, device=u.device)
             h0p[..., :N] = h0
         zz = z if z is not None else u
-        (_ss_fwd_states if cfg["SCAN_FWD"] == "states" else _ss_fwd)[(b, d // bd)](
+        dict(tiles=_ss_fwd, states=_ss_fwd_states, seq=_ss_fwd_seq)[cfg["SCAN_FWD"]][(b, d // bd)](
             u, delta, A, Bv, Cv, D if D is not None else u, zz, delta_bias if delta_bias is not None else u,
             h0p if h0p is not None else last, out, ck, last, l, nch, cpg,
             *u.stride(), *delta.stride(), *zz.stride(), *out.stride(), *A.stride(), *sB, *sC,
@@ -476,9 +647,9 @@ class _TritonScan(torch.autograd.Function):
         gz = z.new_empty(b, d, l) if z is not None else None
         gA, gh0 = torch.empty(b, d, NP, **f32), torch.empty(b, d, NP, **f32)
         gD, gbias = torch.empty(b, d, **f32), torch.empty(b, d, **f32)
-        states = cfg["SCAN_BWD"] == "states"                           # the forward's settings: its chunks are the checkpoints'
-        kern = _ss_bwd_states if states else _ss_bwd
-        if states: bd = _block(cpg, cfg["SCAN_BWD_BD_MAX"])             # its own channel block (the checkpoints are per channel)
+        which = cfg["SCAN_BWD"]                                       # the forward's settings: its chunks are the checkpoints'
+        kern = dict(tiles=_ss_bwd, states=_ss_bwd_states, seq=_ss_bwd_seq)[which]
+        if which != "tiles": bd = _block(cpg, cfg["SCAN_BWD_BD_MAX"])   # its own channel block (the checkpoints are per channel)
         # per-token dB/dC: one slice per channel block, summed below (no atomics) unless that buffer would be large
         part = (not bconst or not cconst) and b * (d // bd) * N * l * 4 * (2 - bconst - cconst) <= SCAN_BC_PART_MAX
         tok = (b, d // bd, N, l) if part else (b, G, N, l)
@@ -486,9 +657,11 @@ class _TritonScan(torch.autograd.Function):
         gC = torch.zeros(d, N, **f32) if cconst else (torch.empty if part else torch.zeros)(tok, **f32)
         zz = z if z is not None else u
         gzz = gz if gz is not None else gu
+        # 'seq': each program's T + 1 recomputed states of a chunk, (BD, NP) float32 each
+        scratch = (torch.empty(b * d * (T + 1) * NP, **f32),) if which == "seq" else ()
         kern[(b, d // bd)](
             u, delta, A, Bv, Cv, D if D is not None else u, zz, delta_bias if delta_bias is not None else u, ck, gout,
-            gl if gl is not None else gA, gu, gdt, gzz, gA, gB, gC, gD, gbias, gh0, l, nch, cpg,
+            gl if gl is not None else gA, gu, gdt, gzz, gA, gB, gC, gD, gbias, gh0, *scratch, l, nch, cpg,
             *u.stride(), *delta.stride(), *zz.stride(), *gout.stride(), *A.stride(), *sB, *sC,
             N=N, NP=NP, BD=bd, T=T, B_CONST=bconst, C_CONST=cconst, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_GLAST=gl is not None, BC_PART=part, num_warps=cfg["SCAN_WARPS_BWD"])
