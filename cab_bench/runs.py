@@ -90,7 +90,7 @@ class ModelSettings:
     eval_teacher:bool = True          # also evaluate the teacher on the validation set
     data_root:str|None = None         # where `default:` teachers are read from (a folder holding teachers/<name>/); None: $CAB_BENCH_DATA, else the package's data/
     backend:str|None = None           # the ops' implementation for the whole run, one of cab_bench.ops.BACKENDS; None: the process default (ops.use_backend, $CAB_BENCH_BACKEND)
-    torch_compile:bool|None = None    # CUDA: run the chunked scans through torch.compile (False: eager; may round differently); None: on unless $CAB_BENCH_COMPILE=0
+    torch_compile:bool|None = None    # CUDA: run the chunked scans and Mamba-1 transfer matrices through torch.compile (False: eager; may round differently); None: on unless $CAB_BENCH_COMPILE=0
     chunk_elems:int|None = None       # elements of one working tensor of the chunked scans (sets their chunk length); None: $CAB_BENCH_CHUNK_ELEMS, else each op's own budget
     def __post_init__(self):
         for n in ("teacher", "student"):

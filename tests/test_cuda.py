@@ -212,3 +212,23 @@ def test_cab_align_stacked_bf16_matches_per_layer(ckpt):
     assert rel(out["stacked"][0], out["per_layer"][0]) < 1e-2
     worst = max(rel(a, b_) for a, b_ in zip(out["stacked"][1], out["per_layer"][1]))
     assert worst < 3e-2, worst
+
+
+@pytest.mark.parametrize("heads", [None, 3])
+def test_scan_matrix_compiled_matches_eager(heads):
+    """Mamba-1's transfer matrices (MOHAWK's orientation, the attention analysis) compiled on CUDA against eager:
+    values and the gradients of dt, A, B, C, at the replication grid's vim_fashion shape (b 128 would be 0.5 GB a
+    direction eager; 16 here)."""
+    from cab_bench.models.mamba import scan_matrix, _scan_matrix
+    from cab_bench.ops import use_ops
+    g = torch.Generator(device="cpu").manual_seed(0)
+    b, l, E, N = 16, 50, 384, 16
+    x = dict(dt=torch.rand(b, l, E, generator=g) * 0.2 + 0.01, A=-torch.rand(E, N, generator=g) * 8 - 0.5,
+             B=torch.randn(b, l, N, generator=g), C=torch.randn(b, l, N, generator=g))
+    x = {k: v.to(DEV) for k, v in x.items()}
+    with use_ops(torch_compile=True):
+        y, gy = grads(lambda a: scan_matrix(a["dt"], a["A"], a["B"], a["C"], heads), x, list(x))
+    y0, g0 = grads(lambda a: _scan_matrix(a["dt"], a["A"], a["B"], a["C"], heads), x, list(x))
+    assert rel(y, y0) < 1e-5, rel(y, y0)
+    errs = {k: rel(gy[k], g0[k]) for k in x}
+    assert all(e < 1e-4 for e in errs.values()), errs

@@ -105,6 +105,18 @@ def test_sigterm_stops_with_checkpoints_and_the_next_call_resumes(tmp_path):
     assert got[1]["cells"] == {"t-soft_kd": "finished", "t-vanilla": "finished"}
 
 
+def test_portable_records_name_no_machine_folder():
+    "A record keeps no folder of the machine that ran it: its Fashion-MNIST copy and an absolute --out are rewritten."
+    rec = dict(config=dict(data="fashion_mnist:/somewhere/fashion", out_dir="/home/someone/runs/replication"),
+               metrics=dict(data=dict(spec="fashion_mnist:/somewhere/fashion",
+                                      description="Fashion-MNIST train (/somewhere/fashion), 10%")))
+    got = rep.portable(rec)
+    assert got["config"] == dict(data="fashion_mnist", out_dir="runs/replication")
+    assert got["metrics"]["data"] == dict(spec="fashion_mnist", description="Fashion-MNIST train (a copy of the standard idx files), 10%")
+    assert "/" not in json.dumps(got).replace("runs/replication", "")
+    assert rep.portable(dict(config=dict(out_dir="runs/replication")))["config"]["out_dir"] == "runs/replication"
+
+
 def _record(label, frac, seed, top1, task="vision", cos_abs=0.3, teacher=0.9, part="V10"):
     layers = [dict(layer=l, teacher_layer=l, cosine_mean=-cos_abs / 2, cosine_abs_mean=cos_abs + 0.01 * l, js_mean=0.2)
               for l in range(3)]

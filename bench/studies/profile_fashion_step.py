@@ -5,6 +5,8 @@ bidirectional Mamba layers, 6.8M parameters, so the step is small and its speed 
 launches and how long the CPU takes to issue them, not by arithmetic. This times one optimizer step of each method's
 main stage (the trainer's own `train_step`) for each scan backend, and writes a torch.profiler table (CUDA time and
 call counts per kernel, and the CPU total) of CAB's step, so that the note on speed can say where the time goes.
+MOHAWK's matrix orientation (every layer's per-channel transfer matrices, with gradient) is timed with the
+matrices compiled (the CUDA default) and eager (`torch_compile=False`).
 
     python -m bench.studies.profile_fashion_step --out bench/results/profile_fashion_step_h200.json
 """
@@ -19,11 +21,12 @@ import torch
 
 from cab_bench.distill import build_method
 from cab_bench.models import load_teacher, create_student
-from cab_bench.ops import use_backend, backend_report
+from cab_bench.ops import use_backend, use_ops, backend_report
 from bench.bench_step import StageStep
 from bench.benchlib import profile_top, sync
 
-STAGES = dict(cab=("cab", dict(kl=1.0, ce=0.0, lambda_align=3.0, tau=1.0)), soft_kd=("soft_kd", dict(tau=1.0, ce=0.0)))
+STAGES = dict(cab=("cab", dict(kl=1.0, ce=0.0, lambda_align=3.0, tau=1.0)), soft_kd=("soft_kd", dict(tau=1.0, ce=0.0)),
+              mohawk=("mohawk", dict(tau=1.0, ce=0.0)))   # MOHAWK's first stage: matrix orientation (every layer's matrices)
 
 
 def _time(step, batch, dev, n=20, warm=5)->float:
@@ -43,22 +46,26 @@ def main(argv=None):
     batch = (torch.randn(a.batch, 1, 28, 28, generator=g).to(dev), torch.randint(0, 10, (a.batch,), generator=g).to(dev))
     res = dict(study="profile_fashion_step", device=torch.cuda.get_device_name(0), torch=torch.__version__, batch=a.batch,
                report=backend_report("cuda"), step_ms={}, profile={})
-    for be in ("auto", "chunked"):
-        with use_backend(be):
+    runs = [("auto", None), ("chunked", None), ("auto", False)]     # (backend, torch_compile): False = eager matrices
+    for be, comp in runs:
+        with use_backend(be), use_ops(torch_compile=comp):
             for label, (m, opts) in STAGES.items():
+                if comp is False and label != "mohawk": continue      # eager matrices: the orientation only
+                if label == "mohawk" and be == "chunked": continue     # its matrices do not depend on the scan path
                 teacher = load_teacher("default:fashion", device=dev)
                 torch.manual_seed(1)
                 meth = build_method(m, teacher, create_student("vim_fashion"), **opts)
                 stage = meth.stages[-1].name if m == "soft_kd" else meth.stages[0].name
                 st = StageStep(meth, stage, dev)
-                res["step_ms"][f"{label}/{stage}/{be}"] = ms = _time(st, batch, dev)
-                print(f"{label} {stage} backend={be}: {ms:.1f} ms/step", flush=True)
-                if label == "cab" and be == "auto":
+                key = f"{label}/{stage}/{be}" + ("/eager" if comp is False else "")
+                res["step_ms"][key] = ms = _time(st, batch, dev, n=5 if label == "mohawk" else 20, warm=2 if label == "mohawk" else 5)
+                print(f"{key}: {ms:.1f} ms/step", flush=True)
+                if label == "cab" and be == "auto" and comp is None:
                     res["profile"] = profile_top(lambda: st(batch), dev, steps=3, top=40)
                     for k in res["profile"]["kernels"][:30]: print(f"{k['device_ms']:8.3f} ms {k['calls']:6.1f}x  {k['name']}")
                 st.release(); del meth, teacher; torch.cuda.empty_cache()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=1, default=str))
+                a.out.parent.mkdir(parents=True, exist_ok=True)
+                a.out.write_text(json.dumps(res, indent=1, default=str))   # after each step timed: a cut-off run keeps them
 
 
 if __name__ == "__main__":

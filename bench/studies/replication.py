@@ -35,6 +35,13 @@ Measured later on the same H200 (`results/replication/device_logs/`), after the 
 overlap): 10 processes ran ~1.40 steps/s each and 8 ran ~1.65-1.74, i.e. ~14 steps/s in total either way: the GPU is
 the limit from ~8 processes, and the vision grid needs ~3.6 h of it. Those first V10 cells were lost: the machine was
 released between two calls before they finished, and checkpoints do not come back from it.
+
+Measured on 2026-12-02 (`results/replication/device_logs/2026-12-02b_*`): with the 'seq' Triton scan kernels a CAB
+step's GPU time is 57 ms (was 83), and 3 soft_kd cells at once ran 5.4-5.6 steps/s each (a whole cell in 5.5 min).
+But 12 cells at once, 3 of them MOHAWK, ran 0.49 steps/s each while MOHAWK's orientation stage took ~15 s a step:
+its per-channel transfer matrices (b x E x l x l float32 per direction and layer, once per state in eager PyTorch)
+took most of the GPU. Those matrices now run compiled on CUDA (`models.mamba.scan_matrix`); until that is measured,
+MOHAWK cells run apart from the others. Each worker now takes its share of the cores for torch's CPU threads.
 """
 from __future__ import annotations
 
@@ -55,6 +62,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = ROOT / "results" / "replication" / "records"
 SESSIONS = "_sessions"                 # under RECORDS: one JSON per runner call (its wall time holding the GPU)
+THREADS_VAR = "CAB_BENCH_WORKER_THREADS"   # torch CPU threads per worker, set by `run_part` for its pool
 
 SEEDS = (0, 1, 2)                    # vision; chosen before any run
 LM_SEEDS = (0, 1)                    # language main comparison
@@ -171,6 +179,10 @@ def _worker(args):
     cfg, log, gpu, t_start, deadline, est, slim = args
     if gpu is not None: os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)      # before torch is imported in this process
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if os.environ.get(THREADS_VAR):
+        os.environ["OMP_NUM_THREADS"] = os.environ[THREADS_VAR]
+        import torch
+        torch.set_num_threads(int(os.environ[THREADS_VAR]))
     signal.signal(signal.SIGTERM, _stop_now)     # train() replaces it while training (checkpoint at the step, then stop)
     t0 = time.time()
     d = Path(cfg["out_dir"]) / cfg["run_name"]
@@ -228,6 +240,10 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
           f" on {ngpu or 'no'} GPU(s)", flush=True)
     jobs = [(_with_data(c, out, fashion), str(out / "_logs" / f"{c['config']['run_name']}.log"),
              (i % ngpu) if ngpu else None, t_start, deadline, est, slim) for i, c in enumerate(todo)]
+    # each worker's share of the cores for torch's CPU threads: one thread per core in every worker oversubscribes
+    # the machine many times over (spinning OpenMP threads slow the Python threads that launch the GPU's kernels)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ[THREADS_VAR] = str(max(1, cores // max(1, min(workers, len(todo) or 1))))
     stop_file = out / "_logs" / STOP
     stop_file.parent.mkdir(parents=True, exist_ok=True)
     stop_file.unlink(missing_ok=True)
@@ -285,8 +301,11 @@ def _gpu()->str:
 
 def portable(rec:dict)->dict:
     """A record without the machine's own folders: a `fashion_mnist:<folder>` source (a copy of the four idx files on
-    the machine that ran it; the subset's sha256 stays in the record) is written as `fashion_mnist`."""
+    the machine that ran it; the subset's sha256 stays in the record) is written as `fashion_mnist`, and an absolute
+    `out_dir` (the runner's `--out`) as `runs/<its name>`, the form of the runner's default."""
     cfg, data = rec.get("config", {}), (rec.get("metrics") or {}).get("data") or {}
+    if isinstance(cfg.get("out_dir"), str) and os.path.isabs(cfg["out_dir"]):
+        cfg["out_dir"] = f"runs/{Path(cfg['out_dir']).name}"
     spec = cfg.get("data")
     if isinstance(spec, str) and spec.startswith("fashion_mnist:"):
         folder = spec.split(":", 1)[1]

@@ -18,10 +18,12 @@ from timm.layers import DropPath
 from ..core import CabError, check_choice
 from ..ops import (selective_scan, selective_scan_step, ssd_scan, ssd_step, ssd_matrix, causal_conv1d,
                            causal_conv1d_step, prep_dt)
+from ..ops.backend import compile_default
+from ..ops.selective_scan import _recompile_room
 
 # %% auto #0
 __all__ = ['ScanAux', 'up', 'RMSNorm', 'GatedRMSNorm', 'no_weight_decay', 'inv_softplus', 'dt_bias_init', 'Mixer', 'Mamba1Mixer',
-           'Mamba2Mixer', 'Block', 'selective_scan_matrix', 'EffectiveAttention', 'effective_attention']
+           'Mamba2Mixer', 'Block', 'selective_scan_matrix', 'scan_matrix', 'EffectiveAttention', 'effective_attention']
 
 # %% ../../nbs/21_models.mamba.ipynb #66ff0511
 class ScanAux(Mapping):
@@ -198,10 +200,9 @@ class Mamba1Mixer(Mixer):
         if heads is not None and self.d_inner % heads:
             raise CabError(f"Mamba1Mixer: its {self.d_inner} channels cannot be split into {heads} heads")
         aux = self.scan_inputs(hidden)
-        red = (lambda M: M) if heads is None else (lambda M: M.unflatten(1, (heads, -1)).mean(2))   # (b, E, l, l) -> (b, H, l, l)
-        fwd = red(selective_scan_matrix(aux["dt"], aux["A"], up(aux["B"]), up(aux["C"])))
+        fwd = scan_matrix(aux["dt"], aux["A"], up(aux["B"]), up(aux["C"]), heads)     # (b, E|H, l, l)
         if not self.bidirectional: return EffectiveAttention(fwd, aux["u"])
-        bwd = red(selective_scan_matrix(aux["dt_b"], aux["A_b"], up(aux["B_b"]), up(aux["C_b"]))).flip(-1, -2)
+        bwd = scan_matrix(aux["dt_b"], aux["A_b"], up(aux["B_b"]), up(aux["C_b"]), heads).flip(-1, -2)
         return EffectiveAttention(fwd, aux["u"], bwd, aux["u_b"].flip(1), div=2.0 if self.div_out else 1.0)
 
     def step(self, hidden:torch.Tensor, cache:dict)->torch.Tensor:
@@ -374,6 +375,24 @@ def selective_scan_matrix(
     for n in range(A.shape[1]):
         M += torch.exp(A[:, n, None, None] * diff) * (C[:, None, :, n, None] * B[:, None, None, :, n])
     return (M * dt[:, :, None, :]).masked_fill(~causal, 0)
+
+def _scan_matrix(dt, A, B, C, heads:int|None):
+    M = selective_scan_matrix(dt, A, B, C)
+    return M if heads is None else M.unflatten(1, (heads, -1)).mean(2)   # (b, E, l, l) -> (b, H, l, l)
+
+_MATRIX_COMPILED = {}
+def scan_matrix(
+    dt:torch.Tensor, A:torch.Tensor, B:torch.Tensor, C:torch.Tensor,   # as `selective_scan_matrix`
+    heads:int|None=None,     # H: the mean over each of H consecutive groups of channels
+)->torch.Tensor:             # (b, E|H, l, l)
+    """`selective_scan_matrix`, reduced to `heads` when given. On CUDA through `torch.compile` (unless
+    `compile_default()` is off: a run's `torch_compile=False`, `CAB_BENCH_COMPILE=0`), so that the loop over states,
+    the step sizes, the mask and the head mean become a few fused kernels: eager PyTorch writes and reads a
+    (b, E, l, l) float32 tensor several times per state, and autograd keeps one per state. Same arithmetic,
+    rounded in another order."""
+    if dt.device.type != "cuda" or not compile_default(): return _scan_matrix(dt, A, B, C, heads)
+    if not _MATRIX_COMPILED: _MATRIX_COMPILED["fn"] = torch.compile(_scan_matrix, dynamic=False)
+    with _recompile_room(): return _MATRIX_COMPILED["fn"](dt, A, B, C, heads)
 
 @dataclass
 class EffectiveAttention:

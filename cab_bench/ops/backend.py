@@ -95,7 +95,7 @@ def chunk_elems_default()->int|None:
 @contextlib.contextmanager
 def use_ops(
     backend:str|None=None,        # the ops' default backend (`use_backend`); None: left as it is
-    torch_compile:bool|None=None, # compile the chunked scans on CUDA; None: left as it is
+    torch_compile:bool|None=None, # compile the chunked scans and Mamba-1 transfer matrices on CUDA; None: left as it is
     chunk_elems:int|None=None,    # elements of one chunked-scan working tensor; None: left as it is
 ):
     "Set the ops' process-wide defaults for the `with` block (each checked first); None leaves a default as it is."

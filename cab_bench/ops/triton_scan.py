@@ -42,10 +42,14 @@ SCAN_LONG = dict(SCAN_T=128, SCAN_BD_MAX=2, SCAN_WARPS=1, SCAN_FWD="states", SCA
 # SCAN_LONG: the least forward + backward time of scan_tune's long grid on an H200 (b 2, d 1536, L 4096, bf16;
 # bench/results/scan_tune_long_h200.json, 78 settings): 2.68 ms against 3.89 ms with the settings above.
 SCAN_WIDE_ROWS = 8192  # below SCAN_LONG_L, from this many (batch x channel) rows on SCAN_WIDE's settings apply (None: never)
-SCAN_WIDE = dict(SCAN_T=16, SCAN_BD_MAX=32, SCAN_WARPS=1, SCAN_FWD="seq", SCAN_BWD="seq",
-                 SCAN_BWD_BD_MAX=32, SCAN_WARPS_BWD=1)
+SCAN_WIDE = dict(SCAN_T=16, SCAN_BD_MAX=16, SCAN_WARPS=2, SCAN_FWD="seq", SCAN_BWD="seq",
+                 SCAN_BWD_BD_MAX=16, SCAN_WARPS_BWD=1)
 # SCAN_WIDE: the 'seq' kernels, one step at a time with the states in registers. Many rows give enough programs to
 # fill the GPU without splitting the sequence, and each program then walks its steps with no scan tree at all.
+# These settings: the least summed forward + backward time of the 'seq' settings of scan_tune's grid over the
+# vim_fashion and Vim-Tiny shapes on an H200 (bench/results/scan_tune_seq_h200.json): 0.67 and 1.04 ms, against
+# 0.84 and 1.03 ms with the settings above. In the vim_fashion CAB step (batch 128) the scan's GPU time fell from 47
+# to 22 ms a step (bench/results/profile_fashion_step_{noseq,seq}_h200.json, with the first 'seq' settings).
 KERNELS = ("tiles", "states", "seq")     # the values SCAN_FWD and SCAN_BWD take
 LAUNCH_KEYS = ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_FWD", "SCAN_BWD", "SCAN_BWD_BD_MAX", "SCAN_WARPS_BWD")
 
