@@ -490,7 +490,8 @@ if triton is not None:
     ):
         """`_ss_bwd` one step at a time. Per chunk, from the end: recompute the chunk's states step by step from its
         checkpoint into the program's slice of a scratch buffer (T + 1 states of (BD, NP), float32), then walk the chunk
-        backwards with the adjoint g_t = a_{t+1} g_{t+1} + C_t gy_t in registers, reading h_{t-1} back."""
+        backwards with the adjoint g_t = a_{t+1} g_{t+1} + C_t gy_t in registers, reading h_{t-1} back (h_t is the
+        previous step's h_{t-1}, carried)."""
         pb, pd = tl.program_id(0), tl.program_id(1)
         ch = pd * BD + tl.arange(0, BD)
         grp = (pd * BD) // CPG
@@ -527,6 +528,7 @@ if triton is not None:
                 h = tl.exp(dt * A) * h + (dt * u) * Bt
                 tl.store(sc + (j + 1) * BD * NP, h)
             tl.debug_barrier()                                           # the scratch is read by other threads
+            h_t = h                                                      # the chunk's last state, still in registers
             for jj in range(0, T):
                 j = T - 1 - jj
                 t = c * T + j + zero1
@@ -545,11 +547,10 @@ if triton is not None:
                 else: Bt = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=m2, other=0.0).to(tl.float32)
                 if C_CONST: Ct = Ck
                 else: Ct = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=m2, other=0.0).to(tl.float32)
-                h_t = tl.load(sc + (j + 1) * BD * NP)
-                hp = tl.load(sc + j * BD * NP)                               # h_{t-1}
+                h_prev = tl.load(sc + j * BD * NP)                           # h_{t-1}
                 a = tl.exp(dt * A)
                 g = a_next * g + Ct * gy                                     # dLoss/dh_t
-                hp = a * hp
+                hp = a * h_prev
                 dtu = dt * u
                 gBu = tl.sum(g * Bt, 1, keep_dims=True)
                 gdt = tl.sum(g * hp * A, 1, keep_dims=True) + gBu * u
@@ -574,6 +575,7 @@ if triton is not None:
                     if BC_PART: tl.store(gC_ptr + ((pb * tl.num_programs(1) + pd) * N + n[None, :]) * L + t[:, None], gCt, mask=m2)
                     else: tl.atomic_add(gC_ptr + ((pb * (d_all // CPG) + grp) * N + n[None, :]) * L + t[:, None], gCt, mask=m2)
                 a_next = a
+                h_t = h_prev
             tl.debug_barrier()                                           # before the next chunk overwrites the scratch
         tl.store(gA_ptr + st, gA)
         tl.store(gh0_ptr + st, a_next * g)                               # dLoss/dh_{-1} = a_0 g_0
