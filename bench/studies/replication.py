@@ -62,7 +62,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = ROOT / "results" / "replication" / "records"
 SESSIONS = "_sessions"                 # under RECORDS: one JSON per runner call (its wall time holding the GPU)
-THREADS_VAR = "CAB_BENCH_WORKER_THREADS"   # torch CPU threads per worker, set by `run_part` for its pool
 
 SEEDS = (0, 1, 2)                    # vision; chosen before any run
 LM_SEEDS = (0, 1)                    # language main comparison
@@ -179,10 +178,7 @@ def _worker(args):
     cfg, log, gpu, t_start, deadline, est, slim = args
     if gpu is not None: os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)      # before torch is imported in this process
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    if os.environ.get(THREADS_VAR):
-        os.environ["OMP_NUM_THREADS"] = os.environ[THREADS_VAR]
-        import torch
-        torch.set_num_threads(int(os.environ[THREADS_VAR]))
+
     signal.signal(signal.SIGTERM, _stop_now)     # train() replaces it while training (checkpoint at the step, then stop)
     t0 = time.time()
     d = Path(cfg["out_dir"]) / cfg["run_name"]
@@ -240,10 +236,11 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
           f" on {ngpu or 'no'} GPU(s)", flush=True)
     jobs = [(_with_data(c, out, fashion), str(out / "_logs" / f"{c['config']['run_name']}.log"),
              (i % ngpu) if ngpu else None, t_start, deadline, est, slim) for i, c in enumerate(todo)]
-    # each worker's share of the cores for torch's CPU threads: one thread per core in every worker oversubscribes
-    # the machine many times over (spinning OpenMP threads slow the Python threads that launch the GPU's kernels)
+    # each worker's share of the cores for torch's CPU threads, unless OMP_NUM_THREADS is set already: one thread per
+    # core in every worker oversubscribes the machine many times over (spinning OpenMP threads slow the Python threads
+    # that launch the GPU's kernels). The spawned workers inherit it; CPU results can depend on it, GPU ones do not.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ[THREADS_VAR] = str(max(1, cores // max(1, min(workers, len(todo) or 1))))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // max(1, min(workers, len(todo) or 1)))))
     stop_file = out / "_logs" / STOP
     stop_file.parent.mkdir(parents=True, exist_ok=True)
     stop_file.unlink(missing_ok=True)

@@ -159,6 +159,16 @@ if triton is not None:
         return A_k, Bk, Ck
 
     @triton.jit
+    def _write_out(y, u, Dv, z_ptr, out_ptr, pb, ch, t, tm, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
+                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+        "A forward's output tile (BD, T) (T may be 1): y + D u, gated by silu(z), stored in the output's dtype."
+        if HAS_D: y = y + Dv[:, None] * u
+        if HAS_Z:
+            z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(out_ptr + pb * s_ob + ch[:, None] * s_od + t[None, :] * s_ol, y.to(out_ptr.dtype.element_ty), mask=tm[None, :])
+
+    @triton.jit
     def _ss_fwd(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ck_ptr, last_ptr,
         L, NCH, CPG,                                   # length, chunks, channels per B/C group
@@ -199,11 +209,7 @@ if triton is not None:
             hs = ac * h[:, :, None] + xc                                 # h_t for the chunk's steps
             y = tl.sum(hs * Ct, 1)                                       # (BD, T)
             h = tl.sum(tl.where(tt[None, None, :] == T - 1, hs, 0.0), 2)  # steps past L keep the state
-            if HAS_D: y = y + Dv[:, None] * u
-            if HAS_Z:
-                z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
-                y = y * z * tl.sigmoid(z)
-            tl.store(out_ptr + pb * s_ob + ch[:, None] * s_od + t[None, :] * s_ol, y.to(out_ptr.dtype.element_ty), mask=tm[None, :])
+            _write_out(y, u, Dv, z_ptr, out_ptr, pb, ch, t, tm, s_zb, s_zd, s_zl, s_ob, s_od, s_ol, HAS_D, HAS_Z)
         tl.store(last_ptr + st, h)
 
     @triton.jit
@@ -247,11 +253,7 @@ if triton is not None:
                 hs = ac * tl.sum(tl.where(col, h, 0.0), 1)[:, None] + xc       # state k over the chunk
                 y += hs * Ck
                 h = tl.where(col, tl.sum(tl.where(last_col, hs, 0.0), 1)[:, None], h)   # steps past L keep it
-            if HAS_D: y = y + Dv[:, None] * u
-            if HAS_Z:
-                z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
-                y = y * z * tl.sigmoid(z)
-            tl.store(out_ptr + pb * s_ob + ch[:, None] * s_od + t[None, :] * s_ol, y.to(out_ptr.dtype.element_ty), mask=tm[None, :])
+            _write_out(y, u, Dv, z_ptr, out_ptr, pb, ch, t, tm, s_zb, s_zd, s_zl, s_ob, s_od, s_ol, HAS_D, HAS_Z)
         tl.store(last_ptr + st, h)
 
     @triton.jit
@@ -470,11 +472,7 @@ if triton is not None:
                 else: Ct = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=m2, other=0.0).to(tl.float32)
                 h = tl.exp(dt * A) * h + (dt * u) * Bt                        # past L: dt = 0, the state is kept
                 y = tl.sum(h * Ct, 1, keep_dims=True)
-                if HAS_D: y = y + Dv[:, None] * u
-                if HAS_Z:
-                    z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
-                    y = y * z * tl.sigmoid(z)
-                tl.store(out_ptr + pb * s_ob + ch[:, None] * s_od + t[None, :] * s_ol, y.to(out_ptr.dtype.element_ty), mask=tm[None, :])
+                _write_out(y, u, Dv, z_ptr, out_ptr, pb, ch, t, tm, s_zb, s_zd, s_zl, s_ob, s_od, s_ol, HAS_D, HAS_Z)
         tl.store(last_ptr + st, h)
 
     @triton.jit
