@@ -178,7 +178,6 @@ def _worker(args):
     cfg, log, gpu, t_start, deadline, est, slim = args
     if gpu is not None: os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)      # before torch is imported in this process
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-
     signal.signal(signal.SIGTERM, _stop_now)     # train() replaces it while training (checkpoint at the step, then stop)
     t0 = time.time()
     d = Path(cfg["out_dir"]) / cfg["run_name"]
