@@ -5,8 +5,10 @@ bidirectional Mamba layers, 6.8M parameters, so the step is small and its speed 
 launches and how long the CPU takes to issue them, not by arithmetic. This times one optimizer step of each method's
 main stage (the trainer's own `train_step`) for each scan backend, and writes a torch.profiler table (CUDA time and
 call counts per kernel, and the CPU total) of CAB's step, so that the note on speed can say where the time goes.
-MOHAWK's matrix orientation (every layer's per-channel transfer matrices, with gradient) is timed with the
-matrices compiled (the CUDA default) and eager (`torch_compile=False`).
+MOHAWK's matrix orientation (every layer's transfer matrices averaged per head, with gradient) is timed with the
+matrices compiled (the CUDA default) and eager (`torch_compile=False`), and the matrix alone (forward + backward of
+one direction of one layer at the grid's shape) both ways: the per-head block factorisation (`head_scan_matrix`, at
+several block sizes) and the mean of the per-channel matrices it replaced (`selective_scan_matrix`, compiled).
 
     python -m bench.studies.profile_fashion_step --out bench/results/profile_fashion_step_h200.json
 """
@@ -21,6 +23,7 @@ import torch
 
 from cab_bench.distill import build_method
 from cab_bench.models import load_teacher, create_student
+from cab_bench.models.mamba import head_scan_matrix, selective_scan_matrix
 from cab_bench.ops import use_backend, use_ops, backend_report
 from bench.bench_step import StageStep
 from bench.benchlib import profile_top, sync
@@ -36,17 +39,52 @@ def _time(step, batch, dev, n=20, warm=5)->float:
     sync(dev); return (time.perf_counter() - t) / n * 1e3
 
 
+def _per_channel_mean(dt, A, B, C, heads:int):
+    return selective_scan_matrix(dt, A, B, C).unflatten(1, (heads, -1)).mean(2)
+
+
+def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10)->dict:
+    "Forward + backward of one direction's per-head matrix at the grid's shape, each way, in ms (and peak MiB)."
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.rand(b, l, E, generator=g) * 0.1 + 1e-3, -torch.rand(E, N, generator=g) * 8 - 0.5,
+          torch.randn(b, l, N, generator=g), torch.randn(b, l, N, generator=g)]
+    xs = [x.to(dev).requires_grad_() for x in xs]
+    w = torch.randn(b, H, l, l, device=dev)
+    ways = {"per_channel_mean/compiled": torch.compile(_per_channel_mean, dynamic=False)}
+    for q in (2, 4, 8):
+        ways[f"head_blocks_Q{q}/compiled"] = torch.compile(lambda *x, q=q: head_scan_matrix(*x, chunk=q), dynamic=False)
+    ways["head_blocks_Q4/eager"] = lambda *x: head_scan_matrix(*x, chunk=4)
+    out, ref = {}, None
+    for k, f in ways.items():
+        def step(_):
+            y = f(*xs, H); (y * w).sum().backward(); return y
+        y = step(None)
+        if ref is None: ref = y.detach()
+        err = ((y.detach() - ref).abs().max() / ref.abs().max()).item()
+        torch.cuda.reset_peak_memory_stats(dev)
+        ms = _time(step, None, dev, n=n, warm=2)
+        out[k] = dict(ms=round(ms, 3), peak_mib=round(torch.cuda.max_memory_allocated(dev) / 2**20, 1), rel_err_vs_first=err)
+        print(f"matrix {k}: {ms:.2f} ms fwd+bwd, peak {out[k]['peak_mib']} MiB, rel. diff {err:.1e}", flush=True)
+        for x in xs: x.grad = None
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench/results/profile_fashion_step.json"))
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--only", default=None, help="comma-separated: matrix, steps (default both)")
     a = ap.parse_args(argv)
+    only = set(a.only.split(",")) if a.only else {"matrix", "steps"}
     dev = torch.device("cuda")
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(a.batch, 1, 28, 28, generator=g).to(dev), torch.randint(0, 10, (a.batch,), generator=g).to(dev))
     res = dict(study="profile_fashion_step", device=torch.cuda.get_device_name(0), torch=torch.__version__, batch=a.batch,
                report=backend_report("cuda"), step_ms={}, profile={})
-    runs = [("auto", None), ("chunked", None), ("auto", False)]     # (backend, torch_compile): False = eager matrices
+    if "matrix" in only:
+        res["matrix_ms"] = matrix_ms(dev)
+        a.out.parent.mkdir(parents=True, exist_ok=True); a.out.write_text(json.dumps(res, indent=1, default=str))
+    runs = [("auto", None), ("chunked", None), ("auto", False)] if "steps" in only else []   # (backend, torch_compile): False = eager
     for be, comp in runs:
         with use_backend(be), use_ops(torch_compile=comp):
             for label, (m, opts) in STAGES.items():

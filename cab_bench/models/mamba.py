@@ -23,7 +23,8 @@ from ..ops.selective_scan import _recompile_room
 
 # %% auto #0
 __all__ = ['ScanAux', 'up', 'RMSNorm', 'GatedRMSNorm', 'no_weight_decay', 'inv_softplus', 'dt_bias_init', 'Mixer', 'Mamba1Mixer',
-           'Mamba2Mixer', 'Block', 'selective_scan_matrix', 'scan_matrix', 'EffectiveAttention', 'effective_attention']
+           'Mamba2Mixer', 'Block', 'selective_scan_matrix', 'head_scan_matrix', 'scan_matrix', 'EffectiveAttention',
+           'effective_attention']
 
 # %% ../../nbs/21_models.mamba.ipynb #66ff0511
 class ScanAux(Mapping):
@@ -376,20 +377,50 @@ def selective_scan_matrix(
         M += torch.exp(A[:, n, None, None] * diff) * (C[:, None, :, n, None] * B[:, None, None, :, n])
     return (M * dt[:, :, None, :]).masked_fill(~causal, 0)
 
+def head_scan_matrix(
+    dt:torch.Tensor, A:torch.Tensor, B:torch.Tensor, C:torch.Tensor,   # as `selective_scan_matrix`
+    heads:int,               # H: the mean over each of H consecutive groups of E/H channels
+    chunk:int=4,             # Q: tokens per block; only the diagonal Q x Q blocks are computed state by state
+)->torch.Tensor:             # (b, H, l, l), zero above the diagonal
+    "`selective_scan_matrix` averaged per head, without forming it: block factorisation, one matrix product per block column."
+    b, l, E = dt.shape
+    N, H, Q = A.shape[1], heads, chunk
+    if E % H: raise CabError(f"head_scan_matrix: {E} channels cannot be split into {H} heads")
+    G, nc = E // H, -(-l // Q)
+    L = nc * Q
+    with torch.autocast(dt.device.type, enabled=False):
+        ft = torch.promote_types(dt.dtype, torch.float32)
+        dt, A, B, C = dt.to(ft), A.to(ft), B.to(ft), C.to(ft)
+        if L != l: dt, B, C = (F.pad(x, (0, 0, 0, L - l)) for x in (dt, B, C))   # padded tokens: dt = B = C = 0
+        S = dt.cumsum(1)                                                        # (b, L, E)
+        Sb = S.view(b, nc, Q, E)
+        r = Sb[:, :, -1]                                                        # (b, nc, E): S at each block's end
+        # column s of block j: dt_s B_s exp(A (r_j - S_s)), exponent <= 0
+        R = (torch.exp((r[:, :, None] - Sb)[..., None] * A) * dt.view(b, nc, Q, E, 1) * B.view(b, nc, Q, 1, N)).view(b, nc, Q, H, G * N)
+        out = dt.new_zeros(b, H, L, L)
+        for j in range(nc - 1):                                                 # rows t after block j: C_t exp(A (S_t - r_j)), exponent <= 0
+            t0 = (j + 1) * Q
+            Lf = (torch.exp((S[:, t0:] - r[:, j, None])[..., None] * A) * C[:, t0:, None, :]).view(b, L - t0, H, G * N)
+            out[:, :, t0:, j * Q:t0] = torch.einsum("bthk,bshk->bhts", Lf, R[:, j]) / G
+        d = (Sb[:, :, :, None] - Sb[:, :, None, :]).clamp(min=0)               # (b, nc, Q, Q, E): within-block sums, t >= s
+        Md = (torch.exp(d[..., None] * A) * C.view(b, nc, Q, 1, 1, N) * B.view(b, nc, 1, Q, 1, N)).sum(-1)
+        Md = (Md * dt.view(b, nc, 1, Q, E)).view(b, nc, Q, Q, H, G).mean(-1)    # (b, nc, Q, Q, H)
+        causal = torch.ones(Q, Q, dtype=torch.bool, device=dt.device).tril()
+        Md = Md.masked_fill(~causal[:, :, None], 0).permute(0, 4, 1, 2, 3)       # (b, H, nc, Q, Q)
+        for j in range(nc): out[:, :, j * Q:(j + 1) * Q, j * Q:(j + 1) * Q] = Md[:, :, j]
+    return out[:, :, :l, :l]
+
 def _scan_matrix(dt, A, B, C, heads:int|None):
-    M = selective_scan_matrix(dt, A, B, C)
-    return M if heads is None else M.unflatten(1, (heads, -1)).mean(2)   # (b, E, l, l) -> (b, H, l, l)
+    return selective_scan_matrix(dt, A, B, C) if heads is None else head_scan_matrix(dt, A, B, C, heads)
 
 _MATRIX_COMPILED = {}
 def scan_matrix(
     dt:torch.Tensor, A:torch.Tensor, B:torch.Tensor, C:torch.Tensor,   # as `selective_scan_matrix`
-    heads:int|None=None,     # H: the mean over each of H consecutive groups of channels
+    heads:int|None=None,     # H: the mean over each of H consecutive groups of channels (`head_scan_matrix`)
 )->torch.Tensor:             # (b, E|H, l, l)
-    """`selective_scan_matrix`, reduced to `heads` when given. On CUDA through `torch.compile` (unless
-    `compile_default()` is off: a run's `torch_compile=False`, `CAB_BENCH_COMPILE=0`), so that the loop over states,
-    the step sizes, the mask and the head mean become a few fused kernels: eager PyTorch writes and reads a
-    (b, E, l, l) float32 tensor several times per state, and autograd keeps one per state. Same arithmetic,
-    rounded in another order."""
+    """`selective_scan_matrix`, or with `heads` its mean per head (`head_scan_matrix`). On CUDA through `torch.compile`
+    (unless `compile_default()` is off: a run's `torch_compile=False`, `CAB_BENCH_COMPILE=0`), so that the loops over
+    states and blocks become a few fused kernels. Same arithmetic as the per-channel sum, rounded in another order."""
     if dt.device.type != "cuda" or not compile_default(): return _scan_matrix(dt, A, B, C, heads)
     if not _MATRIX_COMPILED: _MATRIX_COMPILED["fn"] = torch.compile(_scan_matrix, dynamic=False)
     with _recompile_room(): return _MATRIX_COMPILED["fn"](dt, A, B, C, heads)
