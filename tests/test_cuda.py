@@ -216,10 +216,15 @@ def test_cab_align_stacked_bf16_matches_per_layer(ckpt):
 
 @pytest.mark.parametrize("heads", [None, 3])
 def test_scan_matrix_compiled_matches_eager(heads):
-    """Mamba-1's transfer matrices (MOHAWK's orientation, the attention analysis) compiled on CUDA against eager:
-    values and the gradients of dt, A, B, C, at the replication grid's vim_fashion shape (b 128 would be 0.5 GB a
-    direction eager; 16 here)."""
-    from cab_bench.models.mamba import scan_matrix, _scan_matrix
+    """Mamba-1's transfer matrices (MOHAWK's orientation, the attention analysis) compiled on CUDA against the eager
+    per-channel sum (with `heads`, its mean per head, which the compiled block factorisation never forms): values and
+    the gradients of dt, A, B, C, at the replication grid's vim_fashion shape (b 128 would be 0.5 GB a direction
+    eager; 16 here)."""
+    from cab_bench.models.mamba import scan_matrix, selective_scan_matrix
+
+    def _scan_matrix(dt, A, B, C, heads):
+        M = selective_scan_matrix(dt, A, B, C)
+        return M if heads is None else M.unflatten(1, (heads, -1)).mean(2)
     from cab_bench.ops import use_ops
     g = torch.Generator(device="cpu").manual_seed(0)
     b, l, E, N = 16, 50, 384, 16
