@@ -43,7 +43,7 @@ def _per_channel_mean(dt, A, B, C, heads:int):
     return selective_scan_matrix(dt, A, B, C).unflatten(1, (heads, -1)).mean(2)
 
 
-def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10)->dict:
+def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,))->dict:
     "Forward + backward of one direction's per-head matrix at the grid's shape, each way, in ms (and peak MiB)."
     g = torch.Generator().manual_seed(0)
     xs = [torch.rand(b, l, E, generator=g) * 0.1 + 1e-3, -torch.rand(E, N, generator=g) * 8 - 0.5,
@@ -51,7 +51,7 @@ def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10)->dict:
     xs = [x.to(dev).requires_grad_() for x in xs]
     w = torch.randn(b, H, l, l, device=dev)
     ways = {"per_channel_mean/compiled": torch.compile(_per_channel_mean, dynamic=False)}
-    for q in (2, 4, 8):
+    for q in qs:
         ways[f"head_blocks_Q{q}/compiled"] = torch.compile(lambda *x, q=q: head_scan_matrix(*x, chunk=q), dynamic=False)
     ways["head_blocks_Q4/eager"] = lambda *x: head_scan_matrix(*x, chunk=4)
     out, ref = {}, None
@@ -73,6 +73,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench/results/profile_fashion_step.json"))
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--blocks", default="4", help="comma-separated block sizes Q of `head_scan_matrix` to time")
     ap.add_argument("--only", default=None, help="comma-separated: matrix, steps (default both)")
     a = ap.parse_args(argv)
     only = set(a.only.split(",")) if a.only else {"matrix", "steps"}
@@ -82,7 +83,7 @@ def main(argv=None):
     res = dict(study="profile_fashion_step", device=torch.cuda.get_device_name(0), torch=torch.__version__, batch=a.batch,
                report=backend_report("cuda"), step_ms={}, profile={})
     if "matrix" in only:
-        res["matrix_ms"] = matrix_ms(dev)
+        res["matrix_ms"] = matrix_ms(dev, qs=tuple(int(q) for q in a.blocks.split(",")))
         a.out.parent.mkdir(parents=True, exist_ok=True); a.out.write_text(json.dumps(res, indent=1, default=str))
     runs = [("auto", None), ("chunked", None), ("auto", False)] if "steps" in only else []   # (backend, torch_compile): False = eager
     for be, comp in runs:
