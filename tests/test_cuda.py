@@ -216,10 +216,10 @@ def test_cab_align_stacked_bf16_matches_per_layer(ckpt):
 
 @pytest.mark.parametrize("heads", [None, 3])
 def test_scan_matrix_compiled_matches_eager(heads):
-    """Mamba-1's transfer matrices (MOHAWK's orientation, the attention analysis) compiled on CUDA against the eager
-    per-channel sum (with `heads`, its mean per head, which the compiled block factorisation never forms): values and
-    the gradients of dt, A, B, C, at the replication grid's vim_fashion shape (b 128 would be 0.5 GB a direction
-    eager; 16 here)."""
+    """Mamba-1's transfer matrices (MOHAWK's orientation, the attention analysis) as `scan_matrix` computes them on
+    CUDA (per channel: compiled; with `heads`: the eager block factorisation, which never forms the per-channel
+    matrices) against the eager per-channel sum (with `heads`, its mean per head): values and the gradients of dt, A,
+    B, C, at the replication grid's vim_fashion shape (b 128 would be 0.5 GB a direction eager; 16 here)."""
     from cab_bench.models.mamba import scan_matrix, selective_scan_matrix
 
     def _scan_matrix(dt, A, B, C, heads):

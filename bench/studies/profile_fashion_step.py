@@ -43,18 +43,19 @@ def _per_channel_mean(dt, A, B, C, heads:int):
     return selective_scan_matrix(dt, A, B, C).unflatten(1, (heads, -1)).mean(2)
 
 
-def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,))->dict:
-    "Forward + backward of one direction's per-head matrix at the grid's shape, each way, in ms (and peak MiB)."
+def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,), out:dict|None=None, save=lambda: None)->dict:
+    """Forward + backward of one direction's per-head matrix at the grid's shape, each way, in ms (and peak MiB), into
+    `out`; `save()` after each way, so that a run cut off at its time limit keeps the ways it timed."""
     g = torch.Generator().manual_seed(0)
     xs = [torch.rand(b, l, E, generator=g) * 0.1 + 1e-3, -torch.rand(E, N, generator=g) * 8 - 0.5,
           torch.randn(b, l, N, generator=g), torch.randn(b, l, N, generator=g)]
     xs = [x.to(dev).requires_grad_() for x in xs]
     w = torch.randn(b, H, l, l, device=dev)
+    # the compiled block path last: its compile takes minutes
     ways = {"per_channel_mean/compiled": torch.compile(_per_channel_mean, dynamic=False)}
-    for q in qs:
-        ways[f"head_blocks_Q{q}/compiled"] = torch.compile(lambda *x, q=q: head_scan_matrix(*x, chunk=q), dynamic=False)
-    ways["head_blocks_Q4/eager"] = lambda *x: head_scan_matrix(*x, chunk=4)
-    out, ref = {}, None
+    for q in qs: ways[f"head_blocks_Q{q}/eager"] = lambda *x, q=q: head_scan_matrix(*x, chunk=q)
+    ways["head_blocks_Q4/compiled"] = torch.compile(lambda *x: head_scan_matrix(*x, chunk=4), dynamic=False)
+    out, ref = ({} if out is None else out), None
     for k, f in ways.items():
         def step(_):
             y = f(*xs, H); (y * w).sum().backward(); return y
@@ -66,6 +67,7 @@ def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,))->dict:
         out[k] = dict(ms=round(ms, 3), peak_mib=round(torch.cuda.max_memory_allocated(dev) / 2**20, 1), rel_err_vs_first=err)
         print(f"matrix {k}: {ms:.2f} ms fwd+bwd, peak {out[k]['peak_mib']} MiB, rel. diff {err:.1e}", flush=True)
         for x in xs: x.grad = None
+        save()
     return out
 
 
@@ -83,8 +85,9 @@ def main(argv=None):
     res = dict(study="profile_fashion_step", device=torch.cuda.get_device_name(0), torch=torch.__version__, batch=a.batch,
                report=backend_report("cuda"), step_ms={}, profile={})
     if "matrix" in only:
-        res["matrix_ms"] = matrix_ms(dev, qs=tuple(int(q) for q in a.blocks.split(",")))
-        a.out.parent.mkdir(parents=True, exist_ok=True); a.out.write_text(json.dumps(res, indent=1, default=str))
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        matrix_ms(dev, qs=tuple(int(q) for q in a.blocks.split(",")), out=res.setdefault("matrix_ms", {}),
+                  save=lambda: a.out.write_text(json.dumps(res, indent=1, default=str)))
     runs = [("auto", None), ("chunked", None), ("auto", False)] if "steps" in only else []   # (backend, torch_compile): False = eager
     for be, comp in runs:
         with use_backend(be), use_ops(torch_compile=comp):

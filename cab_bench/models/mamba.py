@@ -410,20 +410,19 @@ def head_scan_matrix(
         for j in range(nc): out[:, :, j * Q:(j + 1) * Q, j * Q:(j + 1) * Q] = Md[:, :, j]
     return out[:, :, :l, :l]
 
-def _scan_matrix(dt, A, B, C, heads:int|None):
-    return selective_scan_matrix(dt, A, B, C) if heads is None else head_scan_matrix(dt, A, B, C, heads)
-
 _MATRIX_COMPILED = {}
 def scan_matrix(
     dt:torch.Tensor, A:torch.Tensor, B:torch.Tensor, C:torch.Tensor,   # as `selective_scan_matrix`
     heads:int|None=None,     # H: the mean over each of H consecutive groups of channels (`head_scan_matrix`)
 )->torch.Tensor:             # (b, E|H, l, l)
-    """`selective_scan_matrix`, or with `heads` its mean per head (`head_scan_matrix`). On CUDA through `torch.compile`
-    (unless `compile_default()` is off: a run's `torch_compile=False`, `CAB_BENCH_COMPILE=0`), so that the loops over
-    states and blocks become a few fused kernels. Same arithmetic as the per-channel sum, rounded in another order."""
-    if dt.device.type != "cuda" or not compile_default(): return _scan_matrix(dt, A, B, C, heads)
-    if not _MATRIX_COMPILED: _MATRIX_COMPILED["fn"] = torch.compile(_scan_matrix, dynamic=False)
-    with _recompile_room(): return _MATRIX_COMPILED["fn"](dt, A, B, C, heads)
+    """`selective_scan_matrix`, or with `heads` its mean per head (`head_scan_matrix`, eager: matrix products). The
+    per-channel form runs on CUDA through `torch.compile` (unless `compile_default()` is off: a run's
+    `torch_compile=False`, `CAB_BENCH_COMPILE=0`), so that the loop over states becomes a few fused kernels. Same
+    arithmetic as the per-channel sum, rounded in another order."""
+    if heads is not None: return head_scan_matrix(dt, A, B, C, heads)
+    if dt.device.type != "cuda" or not compile_default(): return selective_scan_matrix(dt, A, B, C)
+    if not _MATRIX_COMPILED: _MATRIX_COMPILED["fn"] = torch.compile(selective_scan_matrix, dynamic=False)
+    with _recompile_room(): return _MATRIX_COMPILED["fn"](dt, A, B, C)
 
 @dataclass
 class EffectiveAttention:
