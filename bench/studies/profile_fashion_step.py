@@ -5,10 +5,10 @@ bidirectional Mamba layers, 6.8M parameters, so the step is small and its speed 
 launches and how long the CPU takes to issue them, not by arithmetic. This times one optimizer step of each method's
 main stage (the trainer's own `train_step`) for each scan backend, and writes a torch.profiler table (CUDA time and
 call counts per kernel, and the CPU total) of CAB's step, so that the note on speed can say where the time goes.
-MOHAWK's matrix orientation (every layer's transfer matrices averaged per head, with gradient) is timed with the
-matrices compiled (the CUDA default) and eager (`torch_compile=False`), and the matrix alone (forward + backward of
-one direction of one layer at the grid's shape) both ways: the per-head block factorisation (`head_scan_matrix`, at
-several block sizes) and the mean of the per-channel matrices it replaced (`selective_scan_matrix`, compiled).
+MOHAWK's matrix orientation (every layer's transfer matrices averaged per head, with gradient) is timed as a step,
+and the matrix alone (forward + backward of one direction of one layer at the grid's shape) each way: the per-head
+block factorisation (`head_scan_matrix`, eager at the block sizes `--blocks` names, and compiled at Q 4, which takes
+minutes to compile) and the mean of the per-channel matrices it replaced (`selective_scan_matrix`, compiled).
 
     python -m bench.studies.profile_fashion_step --out bench/results/profile_fashion_step_h200.json
 """
@@ -24,7 +24,7 @@ import torch
 from cab_bench.distill import build_method
 from cab_bench.models import load_teacher, create_student
 from cab_bench.models.mamba import head_scan_matrix, selective_scan_matrix
-from cab_bench.ops import use_backend, use_ops, backend_report
+from cab_bench.ops import use_backend, backend_report
 from bench.bench_step import StageStep
 from bench.benchlib import profile_top, sync
 
@@ -39,10 +39,6 @@ def _time(step, batch, dev, n=20, warm=5)->float:
     sync(dev); return (time.perf_counter() - t) / n * 1e3
 
 
-def _per_channel_mean(dt, A, B, C, heads:int):
-    return selective_scan_matrix(dt, A, B, C).unflatten(1, (heads, -1)).mean(2)
-
-
 def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,), out:dict|None=None, save=lambda: None)->dict:
     """Forward + backward of one direction's per-head matrix at the grid's shape, each way, in ms (and peak MiB), into
     `out`; `save()` after each way, so that a run cut off at its time limit keeps the ways it timed."""
@@ -52,7 +48,7 @@ def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,), out:dict|None=N
     xs = [x.to(dev).requires_grad_() for x in xs]
     w = torch.randn(b, H, l, l, device=dev)
     # the compiled block path last: its compile takes minutes
-    ways = {"per_channel_mean/compiled": torch.compile(_per_channel_mean, dynamic=False)}
+    ways = {"per_channel_mean/compiled": torch.compile(selective_scan_matrix, dynamic=False)}
     for q in qs: ways[f"head_blocks_Q{q}/eager"] = lambda *x, q=q: head_scan_matrix(*x, chunk=q)
     ways["head_blocks_Q4/compiled"] = torch.compile(lambda *x: head_scan_matrix(*x, chunk=4), dynamic=False)
     out, ref = ({} if out is None else out), None
@@ -88,21 +84,19 @@ def main(argv=None):
         a.out.parent.mkdir(parents=True, exist_ok=True)
         matrix_ms(dev, qs=tuple(int(q) for q in a.blocks.split(",")), out=res.setdefault("matrix_ms", {}),
                   save=lambda: a.out.write_text(json.dumps(res, indent=1, default=str)))
-    runs = [("auto", None), ("chunked", None), ("auto", False)] if "steps" in only else []   # (backend, torch_compile): False = eager
-    for be, comp in runs:
-        with use_backend(be), use_ops(torch_compile=comp):
+    for be in ("auto", "chunked") if "steps" in only else ():
+        with use_backend(be):
             for label, (m, opts) in STAGES.items():
-                if comp is False and label != "mohawk": continue      # eager matrices: the orientation only
                 if label == "mohawk" and be == "chunked": continue     # its matrices do not depend on the scan path
                 teacher = load_teacher("default:fashion", device=dev)
                 torch.manual_seed(1)
                 meth = build_method(m, teacher, create_student("vim_fashion"), **opts)
                 stage = meth.stages[-1].name if m == "soft_kd" else meth.stages[0].name
                 st = StageStep(meth, stage, dev)
-                key = f"{label}/{stage}/{be}" + ("/eager" if comp is False else "")
+                key = f"{label}/{stage}/{be}"
                 res["step_ms"][key] = ms = _time(st, batch, dev, n=5 if label == "mohawk" else 20, warm=2 if label == "mohawk" else 5)
                 print(f"{key}: {ms:.1f} ms/step", flush=True)
-                if label == "cab" and be == "auto" and comp is None:
+                if label == "cab" and be == "auto":
                     res["profile"] = profile_top(lambda: st(batch), dev, steps=3, top=40)
                     for k in res["profile"]["kernels"][:30]: print(f"{k['device_ms']:8.3f} ms {k['calls']:6.1f}x  {k['name']}")
                 st.release(); del meth, teacher; torch.cuda.empty_cache()

@@ -40,10 +40,11 @@ Measured on 2026-12-02 (`results/replication/device_logs/2026-12-02b_*`): with t
 step's GPU time is 57 ms (was 83), and 3 soft_kd cells at once ran 5.4-5.6 steps/s each (a whole cell in 5.5 min).
 But 12 cells at once, 3 of them MOHAWK, ran 0.49 steps/s each while MOHAWK's orientation stage took ~15 s a step:
 its per-channel transfer matrices (b x E x l x l float32 per direction and layer, once per state in eager PyTorch)
-took most of the GPU. Compiled on CUDA they took 1.39 s a step (eager 4.34 s; a KD step 0.15 s; read off a 2026-12-02 profile whose
-JSON did not come back), and 21.6 ms forward + backward per direction and layer (`bench/results/device_logs/2026-12-03b_*`). MOHAWK's orientation now averages the matrices per head by a block factorisation
-(`models.mamba.head_scan_matrix`: matrix products, no per-channel matrices); until that is measured on the GPU,
-MOHAWK cells run apart from the others. Each worker now takes its share of the cores for torch's CPU threads.
+took most of the GPU. Compiled on CUDA they took 1.39 s a step (eager 4.34 s; a KD step 0.15 s; read off a
+2026-12-02 profile whose JSON did not come back), and 21.6 ms forward + backward per direction and layer
+(`bench/results/device_logs/2026-12-03b_*`). MOHAWK's orientation now averages the matrices per head by a block
+factorisation (`models.mamba.head_scan_matrix`: matrix products, no per-channel matrices); until that is measured
+on the GPU, MOHAWK cells run apart from the others. Each worker now takes its share of the cores for torch's CPU threads.
 """
 from __future__ import annotations
 

@@ -366,7 +366,8 @@ def selective_scan_matrix(
     A:torch.Tensor,      # (E, N)
     B:torch.Tensor,      # (b, l, N)
     C:torch.Tensor,      # (b, l, N)
-)->torch.Tensor:         # (b, E, l, l), zero above the diagonal
+    heads:int|None=None, # H: also average over each of H consecutive groups of channels (the plain reference of `head_scan_matrix`)
+)->torch.Tensor:         # (b, E, l, l), or (b, H, l, l) with `heads`; zero above the diagonal
     "Mamba-1's per-channel hidden attention matrices; memory b*E*l*l (loops over N)."
     dt = dt.transpose(1, 2)                                          # (b, E, l)
     S = dt.cumsum(-1)                                                # (b, E, l)
@@ -375,7 +376,8 @@ def selective_scan_matrix(
     M = torch.zeros_like(diff)
     for n in range(A.shape[1]):
         M += torch.exp(A[:, n, None, None] * diff) * (C[:, None, :, n, None] * B[:, None, None, :, n])
-    return (M * dt[:, :, None, :]).masked_fill(~causal, 0)
+    M = (M * dt[:, :, None, :]).masked_fill(~causal, 0)
+    return M if heads is None else M.unflatten(1, (heads, -1)).mean(2)
 
 def head_scan_matrix(
     dt:torch.Tensor, A:torch.Tensor, B:torch.Tensor, C:torch.Tensor,   # as `selective_scan_matrix`
