@@ -239,6 +239,18 @@ def load_sessions(records:Path=RECORDS)->list[dict]:
     return [json.loads(p.read_text()) for p in sorted((records / "_sessions").glob("*.json"))]
 
 
+def _share(session:dict, part:str)->float:
+    """The share of a runner call's time that goes to `part`: 1 for a call of one part; for a call that ran several
+    parts in one pool, the part's share of the cells it took on (equal shares if it lists none)."""
+    names = session["part"].split(",")
+    if len(names) == 1: return 1.0
+    if str(HERE.parent) not in sys.path: sys.path.insert(0, str(HERE.parent))      # the repository root holds `bench`
+    from bench.studies.replication import parts
+    mine = {c["config"]["run_name"] for c in parts().get(part, [])}
+    cells = list(session.get("cells") or {})
+    return sum(c in mine for c in cells) / len(cells) if cells else 1 / len(names)
+
+
 def provenance_rows(results, sessions=())->list:
     """Per part: records, commits, machines, precision, summed run wall time (concurrent runs share one GPU under MPS),
     and the GPU time the runner held for the part (its calls' wall time; 'not recorded' before those records began)."""
@@ -246,9 +258,9 @@ def provenance_rows(results, sessions=())->list:
     for part in sorted({r["part"] for r in results}):
         sub = [r for r in results if r["part"] == part]
         wall = sum(r["metrics"].get("wall_time") or 0 for r in sub) / 3600
-        mine = [x for x in sessions if x["part"] == part]
-        held = (f"{sum(x['seconds'] for x in mine) / 3600:.2f} ({len(mine)} calls, up to {max(x['workers'] for x in mine)} "
-                f"runs at once)" if mine else "not recorded")
+        mine = [x for x in sessions if part in x["part"].split(",")]
+        held = (f"{sum(x['seconds'] * _share(x, part) for x in mine) / 3600:.2f} ({len(mine)} calls, up to "
+                f"{max(x['workers'] for x in mine)} runs at once)" if mine else "not recorded")
         rows.append([part, str(len(sub)), ", ".join(sorted({r["commit"][:10] for r in sub})),
                      ", ".join(sorted({r["machine"] for r in sub})), ", ".join(sorted({_precision(r) for r in sub})),
                      f"{wall:.2f}", held])

@@ -35,6 +35,8 @@ def test_grid_is_the_preregistered_one():
     assert sorted(c["config"]["seed"] for c in p["V10"] if c["label"] == "cab") == [0, 1, 2]
     from cab_bench.distill import END_TASK                   # the grid's weights are the package's defaults
     assert END_TASK == dict(vision=dict(kl=1.0, ce=0.0), language=dict(kl=1.0, ce=1.0))
+    with pytest.raises(ValueError, match="'V99' is not a part of the grid"):     # several parts share a pool; bad names are named
+        rep.run_part("V10,V99", Path("unused"), workers=1, fashion=None)
 
 
 SCRIPT = r'''
@@ -145,6 +147,8 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
     for i, r in enumerate(rows): (rec / f"r{i}.json").write_text(json.dumps(r))
     (rec / "_sessions").mkdir()
     (rec / "_sessions" / "V10-1.json").write_text(json.dumps(dict(part="V10", seconds=1800.0, workers=6, cells={})))
+    both = {"vision-mohawk-f0.1-s0": "finished", "vision-cab_b_only-f0.1-s0": "finished"}     # one pool, two parts
+    (rec / "_sessions" / "V10+VABL-2.json").write_text(json.dumps(dict(part="V10,VABL", seconds=3600.0, workers=2, cells=both)))
     js = mr.main(rec, tmp_path)
     md = (tmp_path / "REPLICATION.md").read_text()
     verdict = {l.split(" | ")[0].lstrip("| "): l.rstrip(" |").split(" | ")[-1] for l in md.splitlines() if l.startswith("| CAB") or l.startswith("| Hedge")}
@@ -164,4 +168,14 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
     assert sorted(js["figures"]) == ["similarity_vision.png", "vision_top1.png"]
     for f in js["figures"]: assert (tmp_path / "replication" / "figures" / f).read_bytes()[:4] == b"\x89PNG"
     held = {p["part"]: p["gpu_hours_held"] for p in js["provenance"]}
-    assert held == {"V10": "0.50 (1 calls, up to 6 runs at once)", "VABL": "not recorded"}
+    assert held == {"V10": "1.00 (2 calls, up to 6 runs at once)", "VABL": "0.50 (1 calls, up to 2 runs at once)"}
+
+
+def test_cells_with_a_committed_record_count_as_finished(tmp_path, capsys):
+    "A fresh machine's empty `out` must not make the runner redo the cells whose records are committed."
+    have = {p.stem for p in rep.RECORDS.glob("*.json")}
+    n = sum(c["config"]["run_name"] in have for c in rep.parts()["V10"])
+    rep.run_part("V10", tmp_path, workers=1, fashion=None, limit=0)
+    assert f"18 cells, {n} finished" in capsys.readouterr().out
+    rep.run_part("V10", tmp_path, workers=1, fashion=None, limit=0, recorded=None)
+    assert "18 cells, 0 finished" in capsys.readouterr().out

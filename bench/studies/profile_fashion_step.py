@@ -39,7 +39,8 @@ def _time(step, batch, dev, n=20, warm=5)->float:
     sync(dev); return (time.perf_counter() - t) / n * 1e3
 
 
-def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,), out:dict|None=None, save=lambda: None)->dict:
+def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,), out:dict|None=None, save=lambda: None,
+              compiled:bool=True)->dict:
     """Forward + backward of one direction's per-head matrix at the grid's shape, each way, in ms (and peak MiB), into
     `out`; `save()` after each way, so that a run cut off at its time limit keeps the ways it timed."""
     g = torch.Generator().manual_seed(0)
@@ -48,9 +49,9 @@ def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,), out:dict|None=N
     xs = [x.to(dev).requires_grad_() for x in xs]
     w = torch.randn(b, H, l, l, device=dev)
     # the compiled block path last: its compile takes minutes
-    ways = {"per_channel_mean/compiled": torch.compile(selective_scan_matrix, dynamic=False)}
+    ways = {"per_channel_mean/compiled": torch.compile(selective_scan_matrix, dynamic=False)} if compiled else {}
     for q in qs: ways[f"head_blocks_Q{q}/eager"] = lambda *x, q=q: head_scan_matrix(*x, chunk=q)
-    ways["head_blocks_Q4/compiled"] = torch.compile(lambda *x: head_scan_matrix(*x, chunk=4), dynamic=False)
+    if compiled: ways["head_blocks_Q4/compiled"] = torch.compile(lambda *x: head_scan_matrix(*x, chunk=4), dynamic=False)
     out, ref = ({} if out is None else out), None
     for k, f in ways.items():
         def step(_):
@@ -73,6 +74,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--blocks", default="4", help="comma-separated block sizes Q of `head_scan_matrix` to time")
     ap.add_argument("--only", default=None, help="comma-separated: matrix, steps (default both)")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated steps to time (of {', '.join(STAGES)})")
+    ap.add_argument("--backends", default="auto,chunked", help="comma-separated scan backends for the steps")
+    ap.add_argument("--no_compiled", action="store_true", help="matrix: only the eager block path (the compiles take minutes)")
     a = ap.parse_args(argv)
     only = set(a.only.split(",")) if a.only else {"matrix", "steps"}
     dev = torch.device("cuda")
@@ -83,10 +87,11 @@ def main(argv=None):
     if "matrix" in only:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         matrix_ms(dev, qs=tuple(int(q) for q in a.blocks.split(",")), out=res.setdefault("matrix_ms", {}),
-                  save=lambda: a.out.write_text(json.dumps(res, indent=1, default=str)))
-    for be in ("auto", "chunked") if "steps" in only else ():
+                  save=lambda: a.out.write_text(json.dumps(res, indent=1, default=str)), compiled=not a.no_compiled)
+    for be in a.backends.split(",") if "steps" in only else ():
         with use_backend(be):
             for label, (m, opts) in STAGES.items():
+                if label not in a.stages.split(","): continue
                 if label == "mohawk" and be == "chunked": continue     # its matrices do not depend on the scan path
                 teacher = load_teacher("default:fashion", device=dev)
                 torch.manual_seed(1)

@@ -220,18 +220,24 @@ def _gpu_count()->int:
 
 def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=None, max_steps:int|None=None,
              gpus:int|None=None, deadline:float|None=None, est:float|None=None, slim:bool=True, labels=None,
-             budget:float|None=None)->list:
-    """Run a part's cells that have no metrics.json yet, `workers` processes at once, spread over `gpus` GPUs.
-    `max_steps` shortens every cell (a throughput probe: its runs are named `...-probe<N>` and are not grid cells).
+             budget:float|None=None, recorded:Path|None=RECORDS)->list:
+    """Run a part's cells (`name`: a part, or several comma-separated) that have no metrics.json yet, `workers` processes at once, spread over `gpus` GPUs.
+    A cell whose record is in `recorded` (the committed records; None: none) counts as finished, so that a fresh
+    machine, whose `out` holds nothing yet, does not run it again. `max_steps` shortens every cell (a throughput probe: its runs are named `...-probe<N>` and are not grid cells).
     With `deadline` (seconds from now) and `est` (seconds a whole cell takes), a cell is started only if what is left of
     it (after its newest checkpoint) can finish. On SIGTERM the running cells checkpoint at their step and end, and the
     cells not yet started are left; the next call resumes them. `budget` (seconds) sends that stop itself."""
     t_start = time.time()
-    cells = [c for c in parts()[name] if labels is None or c["label"] in labels]
+    grid = parts()
+    names = name.split(",")                 # several parts at once share one pool of workers
+    for n in names:
+        if n not in grid: raise ValueError(f"part: {n!r} is not a part of the grid; the parts are {', '.join(sorted(grid))}")
+    cells = [c for n in names for c in grid[n] if labels is None or c["label"] in labels]
     if max_steps is not None:
         cells = [dict(c, config=dict(c["config"], max_steps=max_steps, run_name=f"{c['config']['run_name']}-probe{max_steps}"))
                  for c in cells]
-    missing = [c for c in cells if not (out / c["config"]["run_name"] / "metrics.json").exists()]
+    missing = [c for c in cells if not (out / c["config"]["run_name"] / "metrics.json").exists()
+               and not (recorded is not None and max_steps is None and (recorded / f"{c['config']['run_name']}.json").exists())]
     todo = missing[:limit]
     ngpu = _gpu_count() if gpus is None else gpus
     print(f"part {name}: {len(cells)} cells, {len(cells) - len(missing)} finished, running {len(todo)} with {workers} workers"
@@ -283,7 +289,7 @@ def _write_session(out:Path, part:str, t_start:float, workers:int, ngpu:int, tod
                cells={c["config"]["run_name"]: end.get(c["config"]["run_name"], "not reached") for c in todo})
     d = out / "_logs" / "sessions"
     d.mkdir(parents=True, exist_ok=True)
-    (d / f"{part}-{time.strftime('%Y%m%dT%H%M%S', time.localtime(t_start))}-{os.getpid()}.json").write_text(json.dumps(rec, indent=1))
+    (d / f"{part.replace(',', '+')}-{time.strftime('%Y%m%dT%H%M%S', time.localtime(t_start))}-{os.getpid()}.json").write_text(json.dumps(rec, indent=1))
 
 
 def _commit()->str:
@@ -344,7 +350,7 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("plan", help="list every part and its cells")
     r = sub.add_parser("run", help="run a part's missing cells")
-    r.add_argument("--part", required=True, choices=sorted(parts()))
+    r.add_argument("--part", required=True, help=f"a part, or several comma-separated (one pool runs them): {', '.join(sorted(parts()))}")
     r.add_argument("--out", type=Path, default=ROOT / "runs" / "replication")
     r.add_argument("--workers", type=int, default=8)
     r.add_argument("--fashion", default=None, help="folder with Fashion-MNIST's four idx files (default: the installed package's)")
@@ -355,6 +361,7 @@ def main(argv=None):
     r.add_argument("--deadline", type=float, default=None, help="seconds from now after which no cell should still run")
     r.add_argument("--est", type=float, default=None, help="seconds one cell takes at this concurrency (with --deadline)")
     r.add_argument("--keep_ckpts", action="store_true", help="keep finished runs' checkpoints (default: drop them)")
+    r.add_argument("--rerun_recorded", action="store_true", help="also run cells that have a committed record")
     r.add_argument("--budget", type=float, default=None, help="seconds after which running cells checkpoint and stop (as on SIGTERM)")
     r.add_argument("--records", type=Path, default=None, help="afterwards, collect the finished cells into this folder")
     r.add_argument("--commit", default=None, help="the commit to record (default: git's HEAD, else $CAB_BENCH_COMMIT)")
@@ -369,7 +376,8 @@ def main(argv=None):
             for cl in cells: print(f"  {cl['config']['run_name']}  method={cl['config']['method']} opts={cl['config']['method_opts']}")
     elif a.cmd == "run":
         res = run_part(a.part, a.out, a.workers, a.fashion, a.limit, a.max_steps, a.gpus, a.deadline, a.est,
-                       not a.keep_ckpts, a.labels.split(',') if a.labels else None, a.budget)
+                       not a.keep_ckpts, a.labels.split(',') if a.labels else None, a.budget,
+                       None if a.rerun_recorded else RECORDS)
         bad, skipped = [x for x in res if x["ok"] is False], [x for x in res if x["ok"] is None]
         print(f"{len(res) - len(bad) - len(skipped)} finished, {len(bad)} failed, {len(skipped)} left for later"
               f" ({sum(x['why'].startswith('stopped at') for x in skipped)} of them stopped with a checkpoint)")
