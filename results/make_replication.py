@@ -120,15 +120,65 @@ def language_rows(results)->tuple[list, dict]:
     d = pr["hedgemamba_one_step"].get("hedgemamba", {}).get(1.0)
     data["hedgemamba_vs_one_step"] = d
     rows.append(("HedgeMamba: one-step distillation far worse than two-stage", "> 100 vs 14.11", _pair_text(d), _verdict([d])))
-    splits = {lab: get(lab) for lab in ("hedgemamba_10_90", "hedgemamba_50_50", "hedgemamba_90_10")}
-    if all(splits.values()):
-        best = min(splits, key=lambda k: splits[k]["mean"])
-        txt = ", ".join(f"{k.split('_', 1)[1].replace('_', '/')}: {c['mean']:.2f}" for k, c in splits.items())
+    # seed 0 of each split; 10/90 is the main comparison's hedgemamba cell (stage1_share 0.1, the same configuration)
+    seed0 = lambda lab: next((r["metrics"]["student"] for r in lm if r["method"] == lab and r["seed"] == 0), None)
+    splits = {"10/90": seed0("hedgemamba"), "50/50": seed0("hedgemamba_50_50"), "90/10": seed0("hedgemamba_90_10")}
+    data["hedgemamba_splits_seed0"] = splits
+    if all(x is not None for x in splits.values()):
+        best = min(splits, key=splits.get)
+        txt = ", ".join(f"{k}: {x:.2f}" for k, x in splits.items()) + " (seed 0; 10/90 is the main comparison's hedgemamba cell)"
         rows.append(("HedgeMamba: the 10/90 stage split best", "10/90 14.11, 50/50 14.58, 90/10 16.15", txt,
-                     "holds" if best == "hedgemamba_10_90" else "does not hold"))
+                     "holds" if best == "10/90" else "does not hold"))
     else:
         rows.append(("HedgeMamba: the 10/90 stage split best", "10/90 14.11, 50/50 14.58, 90/10 16.15", "–", "not run yet"))
     return rows, data
+
+
+# What each method adds, as a paired difference (a - b, same seeds): all share the end-task loss, so each contrast
+# isolates one addition. The paper's values are its Table 3 means (DeiT-T -> Vim-T on ImageNet; no hard_kd there).
+CONTRASTS = (("soft_kd", "vanilla", "a teacher at all (soft targets instead of labels)"),
+             ("soft_kd", "hard_kd", "the teacher's full distribution instead of its argmax"),
+             ("cab", "soft_kd", "CAB's attention-alignment stage (and A_bar ~ I init)"),
+             ("attn_reuse", "soft_kd", "initialising from the teacher's Q/K/V/O weights"),
+             ("mohawk", "soft_kd", "MOHAWK's orientation and hidden-state stages"),
+             ("cab", "attn_reuse", "alignment instead of weight reuse"))
+PAPER_T3 = {"vanilla": (11.2, 27.4, 32.9, 41.5), "soft_kd": (20.4, 37.0, 42.0, 42.7), "attn_reuse": (21.3, 37.1, 41.5, 42.6),
+            "mohawk": (21.5, 36.8, 45.1, 44.0), "cab": (27.8, 45.4, 49.2, 49.4)}
+PAPER_TEACHER = 72.2      # DeiT-Tiny's ImageNet top-1 as its authors published it: the paper's vision teacher
+VISION_FRACS = (0.01, 0.05, 0.1, 0.2)
+
+
+def why_rows(results)->tuple[list, list, dict]:
+    """What the records say about why: (1) per fraction, the room a teacher leaves (teacher - vanilla, teacher - the best
+    student) next to the paper's; (2) each contrast of CONTRASTS, paired by seed, next to the paper's difference of means."""
+    v = _sel(results, "vision")
+    t = teacher_metric(v) if v else None
+    fr = [f for f in VISION_FRACS if any(r["data_frac"] == f for r in v)]
+    s = summarise(v) if v else {}
+    room, data = [], {}
+    if t is not None and fr:
+        van = ["–" if f not in s.get("vanilla", {}) else f"{t - s['vanilla'][f]['mean']:.1f}" for f in fr]
+        best = []
+        for f in fr:
+            got = {lab: per[f]["mean"] for lab, per in s.items() if f in per and lab != "vanilla"}
+            best.append(f"{t - max(got.values()):.1f} ({max(got, key=got.get)})" if got else "–")
+        pv = [f"{PAPER_TEACHER - PAPER_T3['vanilla'][VISION_FRACS.index(f)]:.1f}" for f in fr]
+        pb = [f"{PAPER_TEACHER - PAPER_T3['cab'][VISION_FRACS.index(f)]:.1f} (cab)" for f in fr]
+        room = [["ours: teacher - vanilla", *van], ["ours: teacher - best student", *best],
+                ["paper: teacher - vanilla", *pv], ["paper: teacher - best student", *pb]]
+    contrasts = []
+    for a, b, what in CONTRASTS:
+        row = [f"{a} - {b}", what]
+        for f in fr:
+            cells = [r for r in v if r["data_frac"] == f]
+            d = paired(cells, b).get(a, {}).get(f) if any(r["method"] == b for r in cells) else None
+            data[f"{a}_minus_{b}@{f}"] = d
+            ours = "–" if d is None else f"{d['mean']:+.1f} ± {d['std']:.1f} ({d['wins']}/{d['n']})"
+            i = VISION_FRACS.index(f)
+            paper = f"{PAPER_T3[a][i] - PAPER_T3[b][i]:+.1f}" if a in PAPER_T3 and b in PAPER_T3 else "–"
+            row.append(f"{ours}; paper {paper}")
+        contrasts.append(row)
+    return ([f"{f * 100:g}%" for f in fr], room, contrasts), data
 
 
 VISION_ORDER = ("vanilla", "hard_kd", "soft_kd", "attn_reuse", "mohawk", "cab")   # the figure's lines
@@ -322,6 +372,17 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
         for r in sub: recipes.setdefault(r["method"], set()).add(_recipe(r))
         lines += ["", f"Loss terms and budgets of the {task} cells (from the records):", "", "| cell | options; steps |",
                   "|---|---|"] + [f"| {lab} | {' / '.join(sorted(v))} |" for lab, v in sorted(recipes.items())]
+    (wfr, room, contrasts), wdata = why_rows(results)
+    if wfr:
+        lines += ["", "## What the records say about why (vision)", "",
+                  "Every method's end-task stage has the same loss, so the paired difference of two methods (same seeds, "
+                  "same data subset) isolates what one adds over the other. Read them with the room the teacher leaves: a "
+                  "student distilled from a teacher rarely passes it, so the teacher's lead over vanilla bounds every gain. "
+                  f"The paper's teacher is DeiT-Tiny ({PAPER_TEACHER}% ImageNet top-1 as its authors published it).", "",
+                  "| top-1 points | " + " | ".join(wfr) + " |", "|---" * (len(wfr) + 1) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in room]
+        lines += ["", "| contrast (paired by seed: mean ± std (seeds above 0)) | what it isolates | " + " | ".join(wfr) + " |",
+                  "|---" * (len(wfr) + 2) + "|"] + ["| " + " | ".join(row) + " |" for row in contrasts]
     prog = progress_rows(results)
     lines += ["", "## Grid progress", "", "| part | cells planned | recorded | labels with cells still to run |",
               "|---|---|---|---|"] + ["| " + " | ".join(row) + " |" for row in prog]
@@ -338,7 +399,7 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
         lines += ["", "## Figures", ""] + [f"![{f}](replication/figures/{f})" for f in figs]
     out.mkdir(parents=True, exist_ok=True)
     (out / "REPLICATION.md").write_text("\n".join(lines) + "\n")
-    js = dict(vision=vdata, language=ldata, similarity=sdata, n_records=len(results), commits=commits, machines=machines,
+    js = dict(vision=vdata, language=ldata, similarity=sdata, contrasts=wdata, n_records=len(results), commits=commits, machines=machines,
               figures=figs, provenance=[dict(zip(("part", "records", "commits", "machines", "precision", "run_hours",
                                                   "gpu_hours_held"), row))
                                         for row in prov],

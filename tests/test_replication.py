@@ -17,7 +17,7 @@ from bench.studies import replication as rep
 
 def test_grid_is_the_preregistered_one():
     p = rep.parts()
-    assert {k: len(v) for k, v in p.items()} == dict(V01=18, V05=18, V10=18, V20=18, VABL=18, LMAIN=14, LSPLIT=3)
+    assert {k: len(v) for k, v in p.items()} == dict(V01=18, V05=18, V10=18, V20=18, VABL=18, LMAIN=14, LSPLIT=2)
     names = [c["config"]["run_name"] for cells in p.values() for c in cells]
     assert len(names) == len(set(names))
     for cells in p.values():
@@ -33,6 +33,12 @@ def test_grid_is_the_preregistered_one():
                 if m.startswith("hedgemamba"): assert (o["kl"], o["ce"], o["tau"]) == (1.0, 1.0, 1.0)
                 if m == "cab": assert (o["stage2_kl"], o["stage2_ce"]) == (1.0, 1.0)
     assert sorted(c["config"]["seed"] for c in p["V10"] if c["label"] == "cab") == [0, 1, 2]
+    lab, share = rep.HEDGE_SPLIT_MAIN                         # the 10/90 split is LMAIN's hedgemamba cell at seed 0
+    main = next(c["config"] for c in p["LMAIN"] if c["label"] == lab and c["config"]["seed"] == 0)
+    for c in p["LSPLIT"]:
+        assert {k: v for k, v in c["config"].items() if k not in ("run_name", "method_opts")} == \
+               {k: v for k, v in main.items() if k not in ("run_name", "method_opts")}
+        assert dict(c["config"]["method_opts"], stage1_share=share) == main["method_opts"] != c["config"]["method_opts"]
     from cab_bench.distill import END_TASK                   # the grid's weights are the package's defaults
     assert END_TASK == dict(vision=dict(kl=1.0, ce=0.0), language=dict(kl=1.0, ce=1.0))
     with pytest.raises(ValueError, match="'V99' is not a part of the grid"):     # several parts share a pool; bad names are named
@@ -144,6 +150,8 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
                  _record("cab", 0.1, s, b + 0.05 + 0.002 * s, cos_abs=0.35 + 0.01 * s),
                  _record("cab_b_only", 0.1, s, b + 0.05 + 0.002 * s - 0.004, part="VABL"),
                  _record("cab_default_init", 0.1, s, b + 0.07, part="VABL")]
+    rows += [_record(lab, 1.0, 0, ppl, task="language", teacher=19.5, part=part) for lab, ppl, part in
+             (("hedgemamba", 20.0, "LMAIN"), ("hedgemamba_50_50", 21.0, "LSPLIT"), ("hedgemamba_90_10", 25.0, "LSPLIT"))]
     for i, r in enumerate(rows): (rec / f"r{i}.json").write_text(json.dumps(r))
     (rec / "_sessions").mkdir()
     (rec / "_sessions" / "V10-1.json").write_text(json.dumps(dict(part="V10", seconds=1800.0, workers=6, cells={})))
@@ -161,14 +169,21 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
     assert verdict["CAB Table 5: cab_c_only about equal to CAB (within 1 point), 10%"] == "not run yet"
     assert verdict["CAB Figure 3 (vision): alignment raises attention similarity"] == "holds"
     assert verdict["CAB Figure 3 (language): alignment raises attention similarity"] == "not run yet"
-    assert verdict["HedgeMamba: the 10/90 stage split best"] == "not run yet"
+    assert verdict["HedgeMamba: the 10/90 stage split best"] == "holds"          # 10/90 = LMAIN's hedgemamba, seed 0
+    assert verdict["HedgeMamba: two-stage near the teacher (perplexity within 5%)"] == "holds"   # 20.0 vs 19.5
+    assert verdict["HedgeMamba: one-step distillation far worse than two-stage"] == "not run yet"
+    assert js["language"]["hedgemamba_splits_seed0"] == {"10/90": 20.0, "50/50": 21.0, "90/10": 25.0}
     d = js["vision"]["cab_vs_vanilla@0.1"]
     assert d["n"] == 3 and d["wins"] == 3 and abs(d["mean"] - 5.2) < 1e-6
     assert "CAB bridged 0.360 (plain +0.600), kernelised teacher (ceiling) 0.900" in md
-    assert sorted(js["figures"]) == ["similarity_vision.png", "vision_top1.png"]
+    c = js["contrasts"]["cab_minus_soft_kd@0.1"]              # the "why" section: each addition, paired by seed
+    assert c["n"] == 3 and abs(c["mean"] - 5.9) < 1e-6 and js["contrasts"]["mohawk_minus_soft_kd@0.1"]["wins"] == 3
+    assert "| cab - soft_kd | CAB's attention-alignment stage (and A_bar ~ I init) | +5.9 ± 0.1 (3/3); paper +7.2 |" in md
+    assert sorted(js["figures"]) == ["language_ppl.png", "similarity_vision.png", "vision_top1.png"]
     for f in js["figures"]: assert (tmp_path / "replication" / "figures" / f).read_bytes()[:4] == b"\x89PNG"
     held = {p["part"]: p["gpu_hours_held"] for p in js["provenance"]}
-    assert held == {"V10": "1.00 (2 calls, up to 6 runs at once)", "VABL": "0.50 (1 calls, up to 2 runs at once)"}
+    assert held == {"V10": "1.00 (2 calls, up to 6 runs at once)", "VABL": "0.50 (1 calls, up to 2 runs at once)",
+                    "LMAIN": "not recorded", "LSPLIT": "not recorded"}
 
 
 def test_cells_with_a_committed_record_count_as_finished(tmp_path, capsys):

@@ -45,6 +45,14 @@ took most of the GPU. Compiled on CUDA they took 1.39 s a step (eager 4.34 s; a 
 (`bench/results/device_logs/2026-12-03b_*`). MOHAWK's orientation now averages the matrices per head by a block
 factorisation (`models.mamba.head_scan_matrix`: matrix products, no per-channel matrices); until that is measured
 on the GPU, MOHAWK cells run apart from the others. Each worker now takes its share of the cores for torch's CPU threads.
+
+Measured on 2026-12-03 (`results/replication/device_logs/2026-12-03[d-f]_*`): 6 KD cells at once (V01) ran 4.1-4.4
+steps/s each, a cell in 497-518 s, so one call of under 600 s holds 6 KD cells. Language, a probe of LMAIN's soft_kd
+(`--max_steps 60`, alone on the GPU; `results/replication/probe/`): 2.6-2.8 steps/s of 32 x 512 tokens (~44K
+tokens/s, the SSD on its chunked path), 94-96 s a probe including the GGUF's load and the tokenised corpus; a whole
+LMAIN cell (1,280 steps) therefore takes ~9 minutes alone. How many language cells share the GPU well is not measured
+yet. The 10/90 HedgeMamba split is LMAIN's hedgemamba cell at seed 0 (the same configuration), so LSPLIT holds the
+other two splits only.
 """
 from __future__ import annotations
 
@@ -108,7 +116,10 @@ LANGUAGE_METHODS = {
     "hedgemamba": ("hedgemamba", dict(stage1_share=0.1, **L_HEDGE)),     # the paper's stage 2 is CE only; here KL 1 + CE 1 as all
     "hedgemamba_one_step": ("hedgemamba_one_step", L_HEDGE),
 }
-HEDGE_SPLITS = {"hedgemamba_10_90": 0.1, "hedgemamba_50_50": 0.5, "hedgemamba_90_10": 0.9}
+# HedgeMamba's stage split at seed 0. The 10/90 split is LMAIN's `hedgemamba` cell at seed 0 (the same configuration:
+# stage1_share 0.1), so LSPLIT runs only the other two and the report reads 10/90 from that cell.
+HEDGE_SPLITS = {"hedgemamba_50_50": 0.5, "hedgemamba_90_10": 0.9}
+HEDGE_SPLIT_MAIN = ("hedgemamba", 0.1)     # the LMAIN label that is the 10/90 split, and its stage-1 share
 
 
 def _cell(base:dict, label:str, method:str, opts:dict, frac:float, seed:int, part:str)->dict:
