@@ -326,6 +326,19 @@ def test_generation_smollm2_script(tmp_path):
     assert set(d["student_vs_teacher"]) == {f"prompt{L}_b{b}" for L in (64, 256) for b in (1, 2)}
 
 
+def test_lm_step_backend_script(tmp_path):
+    "Every stage x path is timed, and two paths (here chunked vs the sequential reference) give the same first loss."
+    out = tmp_path / "lm_step.json"
+    r = subprocess.run([sys.executable, "-m", "bench.studies.lm_step_backend", "--smoke", "--backends", "chunked,ref",
+                        "--stages", "soft_kd/kd,cab/align", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = json.loads(out.read_text())["points"]
+    for k in ("soft_kd/kd", "cab/align"):
+        assert all(p[f"{k}/{be}"]["ms"] > 0 and p[f"{k}/{be}"]["ssd_path"]["path"] == be for be in ("chunked", "ref"))
+        assert p[f"{k}/loss_rel_diff"] < 1e-4, p
+    assert p["soft_kd/kd/chunked"]["first_loss"] != p["cab/align/chunked"]["first_loss"]   # each stage its own loss
+
+
 @pytest.mark.slow
 def test_scan_tune_script(tmp_path):
     "The tuner's code path under Triton's interpreter: every setting checked against the defaults, a best one chosen."
