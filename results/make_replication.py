@@ -218,7 +218,38 @@ def similarity_rows(results)->tuple[list, dict]:
             kz = [_att(r, "kernelised") for (m, _), r in by.items() if m == "cab" and _att(r, "kernelised")]
             if kz: txt += f", kernelised teacher (ceiling) {statistics.mean(k['cosine_abs_mean'] for k in kz):.3f}"
         rows.append((name, pub[task], txt, _verdict(diffs)))
+        views = {f"{m}'s own": (mean(m, "cosine_mean"), mean(m, "cosine_abs_mean")) for m in ("vanilla", "soft_kd", "cab")}
+        if br: views["cab's bridged"] = (statistics.mean(b["cosine_mean"] for b in br), statistics.mean(b["cosine_abs_mean"] for b in br))
+        data[f"{task}_views"] = views
     return rows, data
+
+
+PAPER_FIG3 = dict(aligned=(0.35, 0.53), unaligned=(0.04, 0.45))    # the paper's Figure 3 cosines, read off the figure
+
+
+def figure3_reading(sdata:dict)->list[str]:
+    """Which attention the paper's Figure 3 can mean: each view of ours (plain cosine and cosine with |M|) against the
+    figure's ranges. CAB's own effective attention C.B has a free sign per layer, head and direction; the bridged view
+    phi_C(C).phi_B(B)^T aims at a softmax kernel of the teacher's Q and K, whose entries are positive."""
+    views = sdata.get("vision_views")
+    if not views: return []
+    inside = lambda x, r: r[0] <= x <= r[1]
+    def where(names, r):
+        got = [(f"{n} ({k}) {views[n][i]:+.3f}", views[n][i]) for n in names if n in views
+               for i, k in ((0, "plain cosine"), (1, "cosine with |M|"))]
+        return ("; ".join(g for g, x in got if inside(x, r)) or "none",
+                "; ".join(g for g, x in got if not inside(x, r)) or "none")
+    a_in, a_out = where(("cab's own", "cab's bridged"), PAPER_FIG3["aligned"])
+    u_in, u_out = where(("vanilla's own", "soft_kd's own"), PAPER_FIG3["unaligned"])
+    lo, hi = PAPER_FIG3["aligned"]; ulo, uhi = PAPER_FIG3["unaligned"]
+    return ["", "### Which attention the paper's Figure 3 can mean (vision, 10%)", "",
+            f"The paper plots cosines of about {lo}-{hi} with alignment and {ulo}-{uhi} without, all positive. CAB's own "
+            "effective attention C·B has a sign that is free per layer, head and direction (flipping C and the output "
+            "projection gives the same function), so its plain cosine with the teacher's attention can be negative; CAB's "
+            "bridged attention phi_C(C)·phi_B(B)^T aims at a softmax kernel of the teacher's Q and K, whose entries are "
+            "positive. Our views against the figure's ranges (means over seeds, layers and heads):", "",
+            f"- with alignment ({lo}-{hi}): inside: {a_in}; outside: {a_out}.",
+            f"- without alignment ({ulo}-{uhi}): inside: {u_in}; outside: {u_out}."]
 
 
 def figures(results, out:Path)->list[str]:
@@ -355,6 +386,7 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
              "| claim | published | ours | verdict |", "|---|---|---|---|"]
     for row in vrows + srows + lrows:
         lines.append("| " + " | ".join(row) + " |")
+    lines += figure3_reading(sdata)
     for task in ("vision", "language"):
         sub = _sel(results, task)
         if not sub: continue

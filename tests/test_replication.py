@@ -176,6 +176,8 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
     d = js["vision"]["cab_vs_vanilla@0.1"]
     assert d["n"] == 3 and d["wins"] == 3 and abs(d["mean"] - 5.2) < 1e-6
     assert "CAB bridged 0.360 (plain +0.600), kernelised teacher (ceiling) 0.900" in md
+    assert ("inside: cab's own (cosine with |M|) +0.360; cab's bridged (cosine with |M|) +0.360; outside: cab's own "
+            "(plain cosine) -0.180; cab's bridged (plain cosine) +0.600") in md        # Figure 3's ranges, each view placed
     c = js["contrasts"]["cab_minus_soft_kd@0.1"]              # the "why" section: each addition, paired by seed
     assert c["n"] == 3 and abs(c["mean"] - 5.9) < 1e-6 and js["contrasts"]["mohawk_minus_soft_kd@0.1"]["wins"] == 3
     assert "| cab - soft_kd | CAB's attention-alignment stage (and A_bar ~ I init) | +5.9 ± 0.1 (3/3); paper +7.2 |" in md
