@@ -181,6 +181,40 @@ def why_rows(results)->tuple[list, list, dict]:
     return ([f"{f * 100:g}%" for f in fr], room, contrasts), data
 
 
+# The same for language (held-out perplexity; a positive difference = a lower perplexity than the method compared with).
+# Every KD method's end-task stage is KL + CE (weight 1 each) here, vanilla's CE alone.
+LANG_CONTRASTS = (("soft_kd", "vanilla", "a teacher at all (KL + CE instead of CE alone)"),
+                  ("cab", "soft_kd", "CAB's alignment stage (its first stage, 10% of the tokens)"),
+                  ("attn_reuse", "soft_kd", "initialising from the teacher's attention weights"),
+                  ("mohawk", "soft_kd", "MOHAWK's orientation and hidden-state stages"),
+                  ("hedgemamba", "soft_kd", "HedgeMamba's Hedgehog stage (10% of the tokens) and its student"),
+                  ("hedgemamba", "hedgemamba_one_step", "HedgeMamba's first stage (two-stage instead of one-step)"),
+                  ("cab", "mohawk", "CAB instead of MOHAWK"), ("mohawk", "attn_reuse", "MOHAWK instead of weight reuse"))
+LANG_PAPER = {("cab", "mohawk"): "+4.0 (54.4 vs 58.4)", ("mohawk", "attn_reuse"): "+3.4 (58.4 vs 61.8)",
+              ("hedgemamba", "hedgemamba_one_step"): "> +86 (14.11 vs > 100)"}
+
+
+def language_why_rows(results)->tuple[list, list, dict]:
+    "Language: the teacher's lead over vanilla and over the best student, and each LANG_CONTRASTS pair, paired by seed."
+    lm = [r for r in _sel(results, "language") if r["data_frac"] == 1.0]
+    if not lm: return [], [], {}
+    s, t, data = summarise(lm), teacher_metric(lm), {}
+    room = []
+    if t is not None:
+        if "vanilla" in s: room.append(["vanilla - teacher (perplexity)", f"{s['vanilla'][1.0]['mean'] - t:+.2f}"])
+        kd = {lab: per[1.0]["mean"] for lab, per in s.items() if lab != "vanilla" and 1.0 in per}
+        if kd:
+            best = min(kd, key=kd.get)
+            room.append([f"best student ({best}) - teacher (perplexity)", f"{kd[best] - t:+.2f}"])
+    rows = []
+    for a, b, what in LANG_CONTRASTS:
+        d = paired(lm, b).get(a, {}).get(1.0) if any(r["method"] == b for r in lm) else None
+        data[f"{a}_minus_{b}"] = d
+        ours = "–" if d is None else f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['wins']}/{d['n']})"
+        rows.append([f"{a} vs {b}", what, ours, LANG_PAPER.get((a, b), "–")])
+    return room, rows, data
+
+
 VISION_ORDER = ("vanilla", "hard_kd", "soft_kd", "attn_reuse", "mohawk", "cab")   # the figure's lines
 SIM_FRAC = 0.1            # vision: Figure 3's comparison at the grid's 10% cells (language: the one fraction, 1.0)
 
@@ -415,6 +449,16 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
         lines += ["| " + " | ".join(row) + " |" for row in room]
         lines += ["", "| contrast (paired by seed: mean ± std (seeds above 0)) | what it isolates | " + " | ".join(wfr) + " |",
                   "|---" * (len(wfr) + 2) + "|"] + ["| " + " | ".join(row) + " |" for row in contrasts]
+    lroom, lcon, ldiff = language_why_rows(results)
+    if lcon:
+        lines += ["", "## What the records say about why (language)", "",
+                  "Held-out perplexity on the corpus's validation files. Every KD method's end-task stage is KL + CE "
+                  "(weight 1 each), so each paired difference isolates what one method adds over the other; a positive "
+                  "difference is a lower perplexity than the method compared with.", ""]
+        if lroom: lines += ["| | perplexity |", "|---|---|"] + ["| " + " | ".join(r) + " |" for r in lroom] + [""]
+        lines += ["| contrast | what it isolates | ours (perplexity lower by: mean ± std (seeds lower)) | paper |",
+                  "|---|---|---|---|"] + ["| " + " | ".join(r) + " |" for r in lcon]
+        wdata = dict(wdata, **{f"language:{k}": v for k, v in ldiff.items()})
     prog = progress_rows(results)
     lines += ["", "## Grid progress", "", "| part | cells planned | recorded | labels with cells still to run |",
               "|---|---|---|---|"] + ["| " + " | ".join(row) + " |" for row in prog]

@@ -151,7 +151,8 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
                  _record("cab_b_only", 0.1, s, b + 0.05 + 0.002 * s - 0.004, part="VABL"),
                  _record("cab_default_init", 0.1, s, b + 0.07, part="VABL")]
     rows += [_record(lab, 1.0, 0, ppl, task="language", teacher=19.5, part=part) for lab, ppl, part in
-             (("hedgemamba", 20.0, "LMAIN"), ("hedgemamba_50_50", 21.0, "LSPLIT"), ("hedgemamba_90_10", 25.0, "LSPLIT"))]
+             (("hedgemamba", 20.0, "LMAIN"), ("hedgemamba_50_50", 21.0, "LSPLIT"), ("hedgemamba_90_10", 25.0, "LSPLIT"),
+              ("soft_kd", 22.0, "LMAIN"))]
     for i, r in enumerate(rows): (rec / f"r{i}.json").write_text(json.dumps(r))
     (rec / "_sessions").mkdir()
     (rec / "_sessions" / "V10-1.json").write_text(json.dumps(dict(part="V10", seconds=1800.0, workers=6, cells={})))
@@ -178,10 +179,13 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
     assert "CAB bridged 0.360 (plain +0.600), kernelised teacher (ceiling) 0.900" in md
     assert ("inside: cab's own (cosine with |M|) +0.360; cab's bridged (cosine with |M|) +0.360; outside: cab's own "
             "(plain cosine) -0.180; cab's bridged (plain cosine) +0.600") in md        # Figure 3's ranges, each view placed
+    assert "| hedgemamba vs soft_kd | HedgeMamba's Hedgehog stage (10% of the tokens) and its student | +2.00 ± 0.00 (1/1) | – |" in md
+    assert "| best student (hedgemamba) - teacher (perplexity) | +0.50 |" in md     # language: 20.0 vs the teacher's 19.5
+    assert js["contrasts"]["language:cab_minus_mohawk"] is None                      # not run: no number, no verdict
     c = js["contrasts"]["cab_minus_soft_kd@0.1"]              # the "why" section: each addition, paired by seed
     assert c["n"] == 3 and abs(c["mean"] - 5.9) < 1e-6 and js["contrasts"]["mohawk_minus_soft_kd@0.1"]["wins"] == 3
     assert "| cab - soft_kd | CAB's attention-alignment stage (and A_bar ~ I init) | +5.9 ± 0.1 (3/3); paper +7.2 |" in md
-    assert sorted(js["figures"]) == ["language_ppl.png", "similarity_vision.png", "vision_top1.png"]
+    assert sorted(js["figures"]) == ["language_ppl.png", "similarity_language.png", "similarity_vision.png", "vision_top1.png"]
     for f in js["figures"]: assert (tmp_path / "replication" / "figures" / f).read_bytes()[:4] == b"\x89PNG"
     held = {p["part"]: p["gpu_hours_held"] for p in js["provenance"]}
     assert held == {"V10": "1.00 (2 calls, up to 6 runs at once)", "VABL": "0.50 (1 calls, up to 2 runs at once)",
