@@ -10,6 +10,9 @@ which `results/make_replication.py` writes `results/REPLICATION.md`.
         --fashion <dir with the four idx files>                   # run a part's missing cells
     python -m bench.studies.replication collect --out runs/replication   # metrics.json -> records/*.json
     python -m bench.studies.replication run --part V10 --workers 8 --budget 500 --records <dir> ...  # a time slice, then collect
+    python -m bench.studies.replication run --part V01,V10 --labels mohawk --workers 6 ...   # several parts, one pool
+
+Cells with a committed record (`results/replication/records/`) count as finished (`--rerun_recorded` runs them again).
 
 Like-for-like: the stage of every method that trains on the end task uses the same loss terms and weights
 (vision: KL at tau=1 with weight 1, no label CE, as in the CAB paper's vision recipe; language: KL 1 + CE 1), so
