@@ -355,4 +355,26 @@ def test_scan_tune_script(tmp_path):
     assert {e["SCAN_BWD"] for e in d["estimates"]} == {"tiles", "states", "seq"}
     assert all("error" not in x and x["err"] < 1e-4 for x in d["rows"])          # the interpreter computes in fp32
     assert d["default_fwd_bwd_ms"] > 0 and d["best"]["fwd_bwd_ms"] > 0
+    assert {x["SCAN_SEQ_IO"] for x in d["rows"] if x["SCAN_FWD"] == "seq"} == {"step", "staged"}   # both ways a step reads
+    assert {e["SCAN_SEQ_IO"] for e in d["estimates"] if e["SCAN_BWD"] == "seq"} == {"step", "staged"}
     assert {"SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_BWD", "SCAN_WARPS_BWD"} <= set(d["best"])
+
+
+def test_scan_sass_script(tmp_path):
+    "The 'seq' forward compiled for sm_90 without a GPU: its step loop found in the SASS and counted."
+    import triton
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm").exists():
+        pytest.skip("this Triton ships no nvdisasm")
+    out = tmp_path / "sass.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "bench.studies.scan_sass", "--smoke", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    c = json.loads(out.read_text())["cases"][0]
+    assert (c["kernel"], c["SCAN_SEQ_IO"], c["equal_chunks"]) == ("fwd", "staged", True)
+    v = c["shapes"]["vim_fashion"]
+    assert (v["chunks"], v["T"], v["programs"]) == (4, 13, 128 * 384 // 16)          # 50 steps as 4 equal chunks of 13
+    (build,) = c["builds"].values()
+    (step,) = build["step_loops"]
+    assert step["total"] > 20 and step.get("MUFU", 0) >= 1 and build["chunk_overhead"] > 0   # exp(dt A) in the step
+    assert v["warp_instructions"] == v["programs"] * c["warps"] * 4 * (build["chunk_overhead"] + 13 * step["total"])

@@ -73,6 +73,7 @@ INTERP = textwrap.dedent('''
     ts.SCAN_BWD = {bwd!r}                                            # which backward kernel
     ts.SCAN_FWD = {fwd!r}                                            # which forward kernel
     if {T} is not None: ts.SCAN_T = {T}                              # steps per chunk
+    ts.SCAN_SEQ_IO = {io!r}                                          # how the 'seq' kernels get a step's values
     cases = {cases}
     for bc, b, d, l, N, opts, sp, seed in cases:
         x = random_scan_inputs(b=b, d=d, l=l, N=N, bc=bc, dtype=torch.float64, seed=seed)
@@ -87,27 +88,30 @@ INTERP = textwrap.dedent('''
 ''')
 
 
-def run_interpreted(cases, part_max=None, bwd="tiles", fwd="tiles", T=None):
+def run_interpreted(cases, part_max=None, bwd="tiles", fwd="tiles", T=None, io="step"):
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     code = INTERP.format(tests=os.path.dirname(__file__), cases=repr(cases), part_max=repr(part_max), bwd=bwd, fwd=fwd,
-                         T=repr(T))
+                         T=repr(T), io=io)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("fwd,bwd,part_max,T", [("tiles", "tiles", None, None), ("tiles", "tiles", 0, None),
-                                                ("tiles", "states", None, None), ("states", "states", None, 8),
-                                                ("states", "tiles", None, None), ("seq", "seq", None, None),
-                                                ("tiles", "seq", 0, 8)])
-def test_triton_scan_interpreted_all_options(fwd, bwd, part_max, T):
+@pytest.mark.parametrize("fwd,bwd,part_max,T,io", [("tiles", "tiles", None, None, "step"), ("tiles", "tiles", 0, None, "step"),
+                                                   ("tiles", "states", None, None, "step"), ("states", "states", None, 8, "step"),
+                                                   ("states", "tiles", None, None, "step"), ("seq", "seq", None, None, "step"),
+                                                   ("tiles", "seq", 0, 8, "step"), ("seq", "seq", None, None, "staged"),
+                                                   ("seq", "seq", 0, 8, "staged")])
+def test_triton_scan_interpreted_all_options(fwd, bwd, part_max, T, io):
     """Every option at once and none, the three B/C layouts, a partly filled chunk (tiny shapes); per-token dB/dC both
     ways: per-block slices summed after (the default at these sizes) and atomic adds (`SCAN_BC_PART_MAX = 0`); both
     forward kernels (`SCAN_FWD`) and both backward kernels (`SCAN_BWD`; the 'states' kernel's atomic adds are run by
     the random-shapes test), each forward with each backward (they share the per-chunk checkpoints); the 'seq'
-    kernels (one step at a time) after themselves and, with atomic adds and 8-step chunks, after the 'tiles' forward."""
+    kernels (one step at a time) after themselves and, with atomic adds and 8-step chunks, after the 'tiles' forward;
+    the 'seq' kernels with staged inputs and outputs, with per-block and atomic dB/dC (8-step chunks: 37 steps are
+    walked as 5 chunks of 8, 9 as 2 of 5, the staging tiles 8 wide)."""
     all_opts = ("D", "z", "delta_bias", "initial_state")
     run_interpreted([("shared", 2, 32, 37, 4, all_opts, True, 0), ("grouped", 1, 32, 5, 3, (), False, 1),
-                     ("const", 2, 4, 9, 2, all_opts, True, 2)], part_max, bwd, fwd, T)
+                     ("const", 2, 4, 9, 2, all_opts, True, 2)], part_max, bwd, fwd, T, io)
 
 
 @pytest.mark.slow
@@ -123,6 +127,7 @@ def test_triton_scan_interpreted_random_shapes():
     run_interpreted(cases[::2], part_max=0, bwd="states")  # the 'states' backward on half the cases, dB/dC by atomic adds
     run_interpreted(cases[1::2], bwd="states", fwd="states", T=32)   # the 'states' forward, longer chunks, the other half
     run_interpreted(cases[::3], part_max=0, bwd="seq", fwd="seq")     # the 'seq' kernels on a third, dB/dC by atomic adds
+    run_interpreted(cases[1::3], bwd="seq", fwd="seq", io="staged")   # staged 'seq' kernels on another third
 
 
 # ---------------------------------------------------------------- CPU: fla's mapping and our backward
@@ -232,15 +237,17 @@ def test_triton_scan_long_chunks(fwd, T, bd, monkeypatch):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("io", ["step", "staged"])
 @pytest.mark.parametrize("T,bd,bd_bwd,warps", [(16, 32, 32, 1), (64, 128, 64, 4), (8, 16, 128, 2)])
-def test_triton_scan_seq_kernels(T, bd, bd_bwd, warps, monkeypatch):
+def test_triton_scan_seq_kernels(T, bd, bd_bwd, warps, io, monkeypatch):
     """The 'seq' kernels (one step at a time; the settings `SCAN_WIDE` applies to many rows) at launch settings of
     scan_tune's grid, against the float64 reference: outputs, last state and every gradient, every option, the three
-    B/C layouts, lengths off the chunk, float32 and bf16; per-token dB/dC both per block and by atomic adds."""
+    B/C layouts, lengths off the chunk, float32 and bf16; per-token dB/dC both per block and by atomic adds; a step's
+    values column by column and staged once a chunk (`SCAN_SEQ_IO`)."""
     need_triton("selective_scan")
     import cab_bench.ops.triton_scan as ts
     for k, v in dict(SCAN_FWD="seq", SCAN_BWD="seq", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_BWD_BD_MAX=bd_bwd,
-                     SCAN_WARPS=warps, SCAN_WARPS_BWD=warps, SCAN_LONG_L=None, SCAN_WIDE_ROWS=None).items():
+                     SCAN_WARPS=warps, SCAN_WARPS_BWD=warps, SCAN_LONG_L=None, SCAN_WIDE_ROWS=None, SCAN_SEQ_IO=io).items():
         monkeypatch.setattr(ts, k, v)
     fn = lambda **a: selective_scan(**a, backend="triton")
     keys = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]

@@ -1,8 +1,9 @@
 """Tuning the Triton selective scan's launch settings on a GPU: chunk length, channels per program, warps.
 
 `cab_bench.ops.triton_scan` reads `SCAN_T` (steps per chunk), `SCAN_BD_MAX` (channels per program), `SCAN_WARPS`
-(forward), `SCAN_WARPS_BWD` (backward), `SCAN_FWD` (which forward kernel) and `SCAN_BWD` / `SCAN_BWD_BD_MAX` (which
-backward kernel, and the 'states' kernel's channels per program) at each call. This times the forward and the
+(forward), `SCAN_WARPS_BWD` (backward), `SCAN_FWD` (which forward kernel), `SCAN_BWD` / `SCAN_BWD_BD_MAX` (which
+backward kernel, and the 'states' kernel's channels per program) and `SCAN_SEQ_IO` (how the 'seq' kernels get a
+step's values) at each call. This times the forward and the
 backward separately for every combination of the values below, at the shapes the workbench runs (the replication grid's `vim_fashion` step, bf16
 inputs with B and C as strided views of the x_proj output, as the Vim mixer passes them; Vim-Tiny at 197 tokens; one
 long sequence), checks each setting's outputs and gradients against the module's defaults, and writes a JSON table
@@ -32,9 +33,10 @@ SHAPES = {        # name: (batch, channels, length, d_state, dt_rank)
 }
 GRID = dict(T=(8, 16, 32), BD_MAX=(2, 4, 8, 16), WARPS=(1, 2, 4, 8), WARPS_BWD=(2, 4, 8), BWD_BD_MAX=(8, 16, 32, 64),
             T_STATES=(64, 256), BD_STATES=(1, 2, 4, 8), WARPS_STATES=(1, 2, 4),
-            # the 'seq' kernels (one step at a time, states in registers): T is only the checkpoint interval there
-            T_SEQ=(16, 64), BD_SEQ=(16, 32, 64, 128), WARPS_SEQ=(1, 2, 4), BWD_BD_SEQ=(16, 32, 64, 128),
-            WARPS_BWD_SEQ=(1, 2, 4))     # 216 settings a shape
+            # the 'seq' kernels (one step at a time, states in registers): T is the longest chunk there (the
+            # sequence is cut into equal chunks), each setting with a step's values column by column and staged
+            T_SEQ=(16, 32), BD_SEQ=(8, 16, 32), WARPS_SEQ=(1, 2), BWD_BD_SEQ=(8, 16, 32), WARPS_BWD_SEQ=(1, 2),
+            SEQ_IO=("step", "staged"))     # 216 settings a shape
 # Long sequences: few programs (batch x channels / block) each walk many chunks one after another, so longer chunks
 # (fewer sequential steps, more work per step) and fewer channels per program (more programs) are tried there.
 LONG_GRID = dict(T=(16, 64), BD_MAX=(1, 2), WARPS=(1, 4), WARPS_BWD=(2, 4), BWD_BD_MAX=(2, 4, 8),
@@ -97,17 +99,20 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None, only:str|Non
     if Tq:     # a 'seq' backward runs after a 'seq' forward (32 channels a program where the grid has it)
         seq_after = dict(SCAN_FWD="seq", SCAN_BD_MAX=32 if 32 in grid["BD_SEQ"] else grid["BD_SEQ"][0],
                          SCAN_WARPS=grid["WARPS_SEQ"][0])
-    settings += [dict(kind="fwd", SCAN_FWD="seq", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS=w)
-                 for T, bd, w in itertools.product(Tq, grid.get("BD_SEQ", ()), grid.get("WARPS_SEQ", ()))]
-    settings += [dict(seq_after, kind="fwd_bwd", SCAN_BWD="seq", SCAN_T=T, SCAN_BWD_BD_MAX=bd, SCAN_WARPS_BWD=w)
-                 for T, bd, w in itertools.product(Tq, grid.get("BWD_BD_SEQ", ()), grid.get("WARPS_BWD_SEQ", ()))]
+    ios = grid.get("SEQ_IO", (saved["SCAN_SEQ_IO"],))     # SCAN_SEQ_IO applies to both 'seq' kernels of a call
+    settings += [dict(kind="fwd", SCAN_FWD="seq", SCAN_T=T, SCAN_BD_MAX=bd, SCAN_WARPS=w, SCAN_SEQ_IO=io)
+                 for T, bd, w, io in itertools.product(Tq, grid.get("BD_SEQ", ()), grid.get("WARPS_SEQ", ()), ios)]
+    settings += [dict(seq_after, kind="fwd_bwd", SCAN_BWD="seq", SCAN_T=T, SCAN_BWD_BD_MAX=bd, SCAN_WARPS_BWD=w, SCAN_SEQ_IO=io)
+                 for T, bd, w, io in itertools.product(Tq, grid.get("BWD_BD_SEQ", ()), grid.get("WARPS_BWD_SEQ", ()), ios)]
     if only:   # one kernel's settings, and the module's defaults (forward, and forward + backward) to compare with
         settings = [st for st in settings if only in (st.get("SCAN_FWD"), st.get("SCAN_BWD"))
                     or all(st.get(k, saved[k]) == saved[k] for k in saved)]
     def summary(rows):
         "The table so far: rows, each backward's estimated best step, the best one, the defaults' time."
         ok = [r for r in rows if "ms" in r and r["err"] < 1e-2]
-        fkey = lambda r: (r["SCAN_FWD"], r["SCAN_T"], r.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"]), r.get("SCAN_WARPS", saved["SCAN_WARPS"]))
+        io = lambda r: r.get("SCAN_SEQ_IO", saved["SCAN_SEQ_IO"])
+        fkey = lambda r: (r["SCAN_FWD"], r["SCAN_T"], r.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"]), r.get("SCAN_WARPS", saved["SCAN_WARPS"]),
+                          io(r))
         fwd_at = {fkey(r): r["ms"] for r in ok if r["kind"] == "fwd"}
         est = []
         for T in sorted({*grid["T"], *grid.get("T_STATES", ()), *grid.get("T_SEQ", ())}):
@@ -116,11 +121,13 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None, only:str|Non
                 if fkey(b) not in fwd_at: continue                             # the forward it ran after was not timed
                 bwd_ms = b["ms"] - fwd_at[fkey(b)]
                 fbd = b.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"])
-                cand = [f for f in fw if b["SCAN_BWD"] != "tiles" or f["SCAN_BD_MAX"] == fbd]    # 'tiles' needs the same block
+                cand = [f for f in fw if (b["SCAN_BWD"] != "tiles" or f["SCAN_BD_MAX"] == fbd)    # 'tiles' needs the same block
+                        and (f["SCAN_FWD"] != "seq" or b["SCAN_BWD"] != "seq" or io(f) == io(b))]  # one SCAN_SEQ_IO a call
                 if not cand: continue
                 f = min(cand, key=lambda r: r["ms"])
                 est.append(dict(SCAN_T=T, SCAN_FWD=f["SCAN_FWD"], SCAN_BD_MAX=f["SCAN_BD_MAX"], SCAN_WARPS=f["SCAN_WARPS"],
                                 SCAN_BWD=b["SCAN_BWD"], SCAN_BWD_BD_MAX=b.get("SCAN_BWD_BD_MAX"), SCAN_WARPS_BWD=b["SCAN_WARPS_BWD"],
+                                SCAN_SEQ_IO=io(b),
                                 fwd_ms=f["ms"], bwd_ms=bwd_ms, fwd_bwd_ms=f["ms"] + bwd_ms))
         best = min(est, key=lambda r: r["fwd_bwd_ms"]) if est else None
         default = next((r["ms"] for r in ok if r["kind"] == "fwd_bwd" and all(r.get(k, saved[k]) == saved[k] for k in saved)), None)
@@ -166,7 +173,7 @@ def main(argv=None):
     grid = (dict(T=tuple(sorted({8, ts.SCAN_T})), BD_MAX=(ts.SCAN_BD_MAX,), WARPS=(ts.SCAN_WARPS,), WARPS_BWD=(ts.SCAN_WARPS_BWD,),
                  BWD_BD_MAX=tuple(sorted({4, ts.SCAN_BWD_BD_MAX})), T_STATES=(32,), BD_STATES=(ts.SCAN_BD_MAX,),
                  WARPS_STATES=(ts.SCAN_WARPS,), T_SEQ=(8,), BD_SEQ=(4,), WARPS_SEQ=(1,), BWD_BD_SEQ=(8,),
-                 WARPS_BWD_SEQ=(1,)) if a.smoke else GRID)   # smoke: around the defaults, one 'states' and one 'seq' forward
+                 WARPS_BWD_SEQ=(1,), SEQ_IO=("step", "staged")) if a.smoke else GRID)   # smoke: around the defaults, one 'states' and one 'seq' forward
     res, t0, env = {}, time.time(), environment()
     long_saved = (ts.SCAN_LONG_L, ts.SCAN_LONG)
     wide_saved = (ts.SCAN_WIDE_ROWS, ts.SCAN_WIDE)

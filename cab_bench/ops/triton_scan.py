@@ -20,8 +20,8 @@ from ..core import CabError
 
 # %% auto #0
 __all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BWD', 'SCAN_BWD_BD_MAX', 'SCAN_FWD', 'SCAN_LONG_L',
-           'SCAN_LONG', 'SCAN_WIDE_ROWS', 'SCAN_WIDE', 'KERNELS', 'LAUNCH_KEYS', 'SCAN_BC_PART_MAX', 'launch_settings',
-           'triton_unavailable', 'selective_scan_triton']
+           'SCAN_LONG', 'SCAN_WIDE_ROWS', 'SCAN_WIDE', 'KERNELS', 'SCAN_SEQ_IO', 'SEQ_IO', 'LAUNCH_KEYS',
+           'SCAN_BC_PART_MAX', 'launch_settings', 'triton_unavailable', 'selective_scan_triton']
 
 # %% ../../nbs/14_ops.triton_scan.ipynb #b11b67ad
 SCAN_T = 16        # time steps per chunk: one associative scan over a (BD, N, T) tile
@@ -51,7 +51,12 @@ SCAN_WIDE = dict(SCAN_T=16, SCAN_BD_MAX=16, SCAN_WARPS=2, SCAN_FWD="seq", SCAN_B
 # 0.84 and 1.03 ms with the settings above. In the vim_fashion CAB step (batch 128) the scan's GPU time fell from 47
 # to 22 ms a step (bench/results/profile_fashion_step_{noseq,seq}_h200.json, with the first 'seq' settings).
 KERNELS = ("tiles", "states", "seq")     # the values SCAN_FWD and SCAN_BWD take
-LAUNCH_KEYS = ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_FWD", "SCAN_BWD", "SCAN_BWD_BD_MAX", "SCAN_WARPS_BWD")
+SCAN_SEQ_IO = "step"   # how the 'seq' kernels get a step's values: 'step' (loads and stores of (BD, 1) columns, values L
+                       # apart, the step sizes' softplus per step) or 'staged' (once a chunk as tiles, transposed through
+                       # a per-program staging buffer, so a step reads contiguous rows)
+SEQ_IO = ("step", "staged")              # the values SCAN_SEQ_IO takes
+LAUNCH_KEYS = ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_FWD", "SCAN_BWD", "SCAN_BWD_BD_MAX", "SCAN_WARPS_BWD",
+               "SCAN_SEQ_IO")
 
 def _from_env(var:str, key:str, current:dict)->tuple[int, dict]|None:
     "`$var`, a JSON object such as '{\"<key>\": 1024, \"SCAN_T\": 64}': (threshold, settings over `current`), or None when unset."
@@ -84,6 +89,7 @@ def launch_settings(l:int, rows:int|None=None)->dict:
         s.update(over[1])
     for k in ("SCAN_FWD", "SCAN_BWD"):
         if s[k] not in KERNELS: raise CabError(f"{k} must be one of {KERNELS}; got {s[k]!r}")
+    if s["SCAN_SEQ_IO"] not in SEQ_IO: raise CabError(f"SCAN_SEQ_IO must be one of {SEQ_IO}; got {s['SCAN_SEQ_IO']!r}")
     return s
 
 _settings_from_env()
@@ -431,6 +437,33 @@ if triton is not None:
         if C_CONST: tl.atomic_add(gC_ptr + ch[:, None] * N + n[None, :], gCk, mask=nm[None, :])
 
     @triton.jit
+    def _bc_tile(X_ptr, base, n, nm, t, tm, s_n, s_l):
+        "Per-token B or C of a chunk as an (NP, T) tile: N rows of T consecutive steps."
+        return tl.load(X_ptr + base + n[:, None] * s_n + t[None, :] * s_l, mask=nm[:, None] & tm[None, :], other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _stage(stg, tile, R: tl.constexpr, TP: tl.constexpr):
+        "An (R, TP) tile into a program's staging slot as TP rows of R float32 values: one step's column is contiguous."
+        tl.store(stg + tl.arange(0, TP)[None, :] * R + tl.arange(0, R)[:, None], tile)
+
+    @triton.jit
+    def _unstage(stg, R: tl.constexpr, TP: tl.constexpr):
+        "A staging slot back as its (R, TP) tile."
+        return tl.load(stg + tl.arange(0, TP)[None, :] * R + tl.arange(0, R)[:, None])
+
+    @triton.jit
+    def _staged(stg, j, R: tl.constexpr):
+        "Step j's R values of a staging slot, (R,)."
+        return tl.load(stg + j * R + tl.arange(0, R))
+
+    @triton.jit
+    def _chunk_steps(c, L, T: tl.constexpr, TP: tl.constexpr):
+        "The time indices of chunk c as a (TP,) vector (lanes past the chunk's T steps point past L) and their mask."
+        tt = tl.arange(0, TP)
+        tc = tl.where(tt < T, c * T + tt, L)
+        return tc, tc < L
+
+    @triton.jit
     def _ss_fwd_seq(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, ck_ptr, last_ptr,
         L, NCH, CPG,
@@ -439,10 +472,14 @@ if triton is not None:
         N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
         B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+        stg_ptr, TP: tl.constexpr, STAGED: tl.constexpr,
     ):
         """`_ss_fwd` one step at a time: the program's (BD, NP) states stay in registers and take the recurrence step
         by step, with no scan tree; per-step values are (BD, 1) columns and B_t, C_t (1, NP) rows. For many channels
-        (batch x d large), where enough programs run at once to fill the GPU. Same checkpoints (every T steps)."""
+        (batch x d large), where enough programs run at once to fill the GPU. Same checkpoints (every T steps).
+        STAGED: each chunk's u, step sizes (softplus done once a value, on the tile), B and C are loaded as tiles of
+        TP >= T steps and written transposed into the program's staging slots, so each step reads contiguous rows; the
+        outputs of the chunk's steps are staged too and stored as one (BD, TP) tile, gated there."""
         pb, pd = tl.program_id(0), tl.program_id(1)
         ch = pd * BD + tl.arange(0, BD)
         grp = (pd * BD) // CPG
@@ -457,22 +494,47 @@ if triton is not None:
         if HAS_H0: h = tl.load(h0_ptr + st)
         if B_CONST: Bk = tl.load(B_ptr + ch[:, None] * s_Bg + n[None, :] * s_Bn, mask=nm[None, :], other=0.0).to(tl.float32)
         if C_CONST: Ck = tl.load(C_ptr + ch[:, None] * s_Cg + n[None, :] * s_Cn, mask=nm[None, :], other=0.0).to(tl.float32)
+        if STAGED:       # slots: u, step, output (TP x BD each), then B, C (TP x NP each)
+            sg = stg_ptr + (pb * tl.num_programs(1) + pd) * TP * (3 * BD + 2 * NP)
+            sgB = sg + 3 * TP * BD
+            sgC = sgB + TP * NP
         zero1 = tl.zeros([1], tl.int32)
         for c in range(0, NCH):
             tl.store(ck_ptr + (row[:, None] * NCH + c) * NP + n[None, :], h)   # the state entering the chunk
+            if STAGED:
+                tc, tmc = _chunk_steps(c, L, T, TP)
+                U = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + tc[None, :] * s_ul, mask=tmc[None, :], other=0.0).to(tl.float32)
+                DT, _ = _steps(dt_ptr, bias, tc, tmc, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+                _stage(sg, U, BD, TP)
+                _stage(sg + TP * BD, DT, BD, TP)
+                if not B_CONST: _stage(sgB, _bc_tile(B_ptr, pb * s_Bb + grp * s_Bg, n, nm, tc, tmc, s_Bn, s_Bl), NP, TP)
+                if not C_CONST: _stage(sgC, _bc_tile(C_ptr, pb * s_Cb + grp * s_Cg, n, nm, tc, tmc, s_Cn, s_Cl), NP, TP)
+                tl.debug_barrier()                                             # the slots are read by other threads
             for j in range(0, T):
                 t = c * T + j + zero1                                          # (1,)
                 tm = t < L
-                u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
-                dt, _ = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)   # (BD, 1)
                 m2 = tm[:, None] & nm[None, :]
+                if STAGED:
+                    u = _staged(sg, j, BD)[:, None]
+                    dt = _staged(sg + TP * BD, j, BD)[:, None]
+                else:
+                    u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
+                    dt, _ = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)   # (BD, 1)
                 if B_CONST: Bt = Bk
+                elif STAGED: Bt = _staged(sgB, j, NP)[None, :]
                 else: Bt = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=m2, other=0.0).to(tl.float32)
                 if C_CONST: Ct = Ck
+                elif STAGED: Ct = _staged(sgC, j, NP)[None, :]
                 else: Ct = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=m2, other=0.0).to(tl.float32)
                 h = tl.exp(dt * A) * h + (dt * u) * Bt                        # past L: dt = 0, the state is kept
-                y = tl.sum(h * Ct, 1, keep_dims=True)
-                _write_out(y, u, Dv, z_ptr, out_ptr, pb, ch, t, tm, s_zb, s_zd, s_zl, s_ob, s_od, s_ol, HAS_D, HAS_Z)
+                if STAGED: tl.store(sg + 2 * TP * BD + j * BD + tl.arange(0, BD), tl.sum(h * Ct, 1))
+                else:
+                    y = tl.sum(h * Ct, 1, keep_dims=True)
+                    _write_out(y, u, Dv, z_ptr, out_ptr, pb, ch, t, tm, s_zb, s_zd, s_zl, s_ob, s_od, s_ol, HAS_D, HAS_Z)
+            if STAGED:                                                         # the chunk's outputs as one tile
+                tl.debug_barrier()
+                _write_out(_unstage(sg + 2 * TP * BD, BD, TP), U, Dv, z_ptr, out_ptr, pb, ch, tc, tmc,
+                           s_zb, s_zd, s_zl, s_ob, s_od, s_ol, HAS_D, HAS_Z)
         tl.store(last_ptr + st, h)
 
     @triton.jit
@@ -485,11 +547,14 @@ if triton is not None:
         N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
         B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GLAST: tl.constexpr, BC_PART: tl.constexpr,
+        stg_ptr, TP: tl.constexpr, STAGED: tl.constexpr,
     ):
         """`_ss_bwd` one step at a time. Per chunk, from the end: recompute the chunk's states step by step from its
         checkpoint into the program's slice of a scratch buffer (T + 1 states of (BD, NP), float32), then walk the chunk
         backwards with the adjoint g_t = a_{t+1} g_{t+1} + C_t gy_t in registers, reading h_{t-1} back (h_t is the
-        previous step's h_{t-1}, carried)."""
+        previous step's h_{t-1}, carried). STAGED as in `_ss_fwd_seq`: the chunk's u, step sizes, d(step)/d(raw), the
+        gradient before the gate and the gate's factor are computed once a value on (BD, TP) tiles and staged, with B
+        and C; the steps' du, d(delta), dz and per-token dB, dC are staged and leave as tiles once a chunk."""
         pb, pd = tl.program_id(0), tl.program_id(1)
         ch = pd * BD + tl.arange(0, BD)
         grp = (pd * BD) // CPG
@@ -511,17 +576,41 @@ if triton is not None:
         gCk = tl.zeros([BD, NP], tl.float32)
         gD = tl.zeros([BD, 1], tl.float32)
         gbias = tl.zeros([BD, 1], tl.float32)
+        if BC_PART: gbc = (pb * tl.num_programs(1) + pd) * N             # per-token dB/dC rows: this block's own slice
+        else: gbc = (pb * (d_all // CPG) + grp) * N                      # or the group's, by atomic adds
+        if STAGED:       # slots (TP x BD each): u, step, d step/d raw, gy, dz/d(pre-gate output), du, d delta, dz; then
+            # (TP x NP each) B, C, dB, dC
+            sg = stg_ptr + (pb * tl.num_programs(1) + pd) * TP * (8 * BD + 4 * NP)
+            sgN = sg + 8 * TP * BD
         zero1 = tl.zeros([1], tl.int32)
         for cc in range(0, NCH):
             c = NCH - 1 - cc
             h = tl.load(ck_ptr + (row[:, None] * NCH + c) * NP + n[None, :])
             tl.store(sc, h)
+            if STAGED:
+                tc, tmc = _chunk_steps(c, L, T, TP)
+                U, DT, DDT, _, GO, Z, SZ, GY = _bwd_inputs(u_ptr, dt_ptr, z_ptr, gout_ptr, bias, pb, ch, tc, L,
+                                                           s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl,
+                                                           s_gb, s_gd, s_gl, HAS_Z, HAS_BIAS, SOFTPLUS)
+                _stage(sg, U, BD, TP)
+                _stage(sg + TP * BD, DT, BD, TP)
+                _stage(sg + 2 * TP * BD, tl.where(tmc[None, :], DDT, 0.0), BD, TP)   # zero past L: no d delta there
+                _stage(sg + 3 * TP * BD, GY, BD, TP)
+                if HAS_Z: _stage(sg + 4 * TP * BD, GO * SZ * (1.0 + Z * (1.0 - SZ)), BD, TP)   # dz = this x pre-gate y
+                if not B_CONST: _stage(sgN, _bc_tile(B_ptr, pb * s_Bb + grp * s_Bg, n, nm, tc, tmc, s_Bn, s_Bl), NP, TP)
+                if not C_CONST: _stage(sgN + TP * NP, _bc_tile(C_ptr, pb * s_Cb + grp * s_Cg, n, nm, tc, tmc, s_Cn, s_Cl), NP, TP)
+                tl.debug_barrier()
             for j in range(0, T):                                        # the chunk's states, into the scratch
                 t = c * T + j + zero1
                 tm = t < L
-                u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
-                dt, _ = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+                if STAGED:
+                    u = _staged(sg, j, BD)[:, None]
+                    dt = _staged(sg + TP * BD, j, BD)[:, None]
+                else:
+                    u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
+                    dt, _ = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
                 if B_CONST: Bt = Bk
+                elif STAGED: Bt = _staged(sgN, j, NP)[None, :]
                 else: Bt = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=tm[:, None] & nm[None, :], other=0.0).to(tl.float32)
                 h = tl.exp(dt * A) * h + (dt * u) * Bt
                 tl.store(sc + (j + 1) * BD * NP, h)
@@ -531,19 +620,27 @@ if triton is not None:
                 j = T - 1 - jj
                 t = c * T + j + zero1
                 tm = t < L
-                off_g = row[:, None] * L + t[None, :]                    # the gradients are contiguous (b, d, L)
-                u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
-                dt, ddt_raw = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
-                go = tl.load(gout_ptr + pb * s_gb + ch[:, None] * s_gd + t[None, :] * s_gl, mask=tm[None, :], other=0.0).to(tl.float32)
-                gy = go
-                if HAS_Z:
-                    z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
-                    sz = tl.sigmoid(z)
-                    gy = go * z * sz
                 m2 = tm[:, None] & nm[None, :]
+                off_g = row[:, None] * L + t[None, :]                    # the gradients are contiguous (b, d, L)
+                if STAGED:
+                    u = _staged(sg, j, BD)[:, None]
+                    dt = _staged(sg + TP * BD, j, BD)[:, None]
+                    ddt_raw = _staged(sg + 2 * TP * BD, j, BD)[:, None]
+                    gy = _staged(sg + 3 * TP * BD, j, BD)[:, None]
+                else:
+                    u = tl.load(u_ptr + pb * s_ub + ch[:, None] * s_ud + t[None, :] * s_ul, mask=tm[None, :], other=0.0).to(tl.float32)
+                    dt, ddt_raw = _steps(dt_ptr, bias, t, tm, pb * s_tb + ch[:, None] * s_td, s_tl, HAS_BIAS, SOFTPLUS)
+                    go = tl.load(gout_ptr + pb * s_gb + ch[:, None] * s_gd + t[None, :] * s_gl, mask=tm[None, :], other=0.0).to(tl.float32)
+                    gy = go
+                    if HAS_Z:
+                        z = tl.load(z_ptr + pb * s_zb + ch[:, None] * s_zd + t[None, :] * s_zl, mask=tm[None, :], other=0.0).to(tl.float32)
+                        sz = tl.sigmoid(z)
+                        gy = go * z * sz
                 if B_CONST: Bt = Bk
+                elif STAGED: Bt = _staged(sgN, j, NP)[None, :]
                 else: Bt = tl.load(B_ptr + pb * s_Bb + grp * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=m2, other=0.0).to(tl.float32)
                 if C_CONST: Ct = Ck
+                elif STAGED: Ct = _staged(sgN + TP * NP, j, NP)[None, :]
                 else: Ct = tl.load(C_ptr + pb * s_Cb + grp * s_Cg + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=m2, other=0.0).to(tl.float32)
                 h_prev = tl.load(sc + j * BD * NP)                           # h_{t-1}
                 a = tl.exp(dt * A)
@@ -554,26 +651,50 @@ if triton is not None:
                 gdt = tl.sum(g * hp * A, 1, keep_dims=True) + gBu * u
                 gA += g * hp * dt
                 gu = gBu * dt + gy * Dv[:, None]
-                gdt = tl.where(tm[None, :], gdt * ddt_raw, 0.0)
+                if STAGED: gdt = gdt * ddt_raw                               # ddt_raw is staged as 0 past L
+                else: gdt = tl.where(tm[None, :], gdt * ddt_raw, 0.0)
                 gbias += gdt
                 if HAS_D: gD += gy * u
-                if HAS_Z:
-                    pre = tl.sum(h_t * Ct, 1, keep_dims=True) + Dv[:, None] * u   # the output before the gate
-                    tl.store(gz_ptr + off_g, (go * pre * sz * (1.0 + z * (1.0 - sz))).to(gz_ptr.dtype.element_ty), mask=tm[None, :])
-                tl.store(gu_ptr + off_g, gu.to(gu_ptr.dtype.element_ty), mask=tm[None, :])
-                tl.store(gdt_ptr + off_g, gdt.to(gdt_ptr.dtype.element_ty), mask=tm[None, :])
+                if STAGED:
+                    tl.store(sg + 5 * TP * BD + j * BD + tl.arange(0, BD), tl.reshape(gu, [BD]))
+                    tl.store(sg + 6 * TP * BD + j * BD + tl.arange(0, BD), tl.reshape(gdt, [BD]))
+                    if HAS_Z:
+                        pre = tl.sum(h_t * Ct, 1) + Dv * tl.reshape(u, [BD])      # the output before the gate
+                        tl.store(sg + 7 * TP * BD + j * BD + tl.arange(0, BD), pre * _staged(sg + 4 * TP * BD, j, BD))
+                else:
+                    if HAS_Z:
+                        pre = tl.sum(h_t * Ct, 1, keep_dims=True) + Dv[:, None] * u   # the output before the gate
+                        tl.store(gz_ptr + off_g, (go * pre * sz * (1.0 + z * (1.0 - sz))).to(gz_ptr.dtype.element_ty), mask=tm[None, :])
+                    tl.store(gu_ptr + off_g, gu.to(gu_ptr.dtype.element_ty), mask=tm[None, :])
+                    tl.store(gdt_ptr + off_g, gdt.to(gdt_ptr.dtype.element_ty), mask=tm[None, :])
                 if B_CONST: gBk += g * dtu
+                elif STAGED: tl.store(sgN + 2 * TP * NP + j * NP + n, tl.sum(g * dtu, 0))   # the block's channels summed first
                 else:
                     gBt = tl.sum(g * dtu, 0, keep_dims=True)                 # (1, NP): the block's channels summed first
-                    if BC_PART: tl.store(gB_ptr + ((pb * tl.num_programs(1) + pd) * N + n[None, :]) * L + t[:, None], gBt, mask=m2)
-                    else: tl.atomic_add(gB_ptr + ((pb * (d_all // CPG) + grp) * N + n[None, :]) * L + t[:, None], gBt, mask=m2)
+                    if BC_PART: tl.store(gB_ptr + (gbc + n[None, :]) * L + t[:, None], gBt, mask=m2)
+                    else: tl.atomic_add(gB_ptr + (gbc + n[None, :]) * L + t[:, None], gBt, mask=m2)
                 if C_CONST: gCk += h_t * gy
+                elif STAGED: tl.store(sgN + 3 * TP * NP + j * NP + n, tl.sum(h_t * gy, 0))
                 else:
                     gCt = tl.sum(h_t * gy, 0, keep_dims=True)
-                    if BC_PART: tl.store(gC_ptr + ((pb * tl.num_programs(1) + pd) * N + n[None, :]) * L + t[:, None], gCt, mask=m2)
-                    else: tl.atomic_add(gC_ptr + ((pb * (d_all // CPG) + grp) * N + n[None, :]) * L + t[:, None], gCt, mask=m2)
+                    if BC_PART: tl.store(gC_ptr + (gbc + n[None, :]) * L + t[:, None], gCt, mask=m2)
+                    else: tl.atomic_add(gC_ptr + (gbc + n[None, :]) * L + t[:, None], gCt, mask=m2)
                 a_next = a
                 h_t = h_prev
+            if STAGED:                                                   # the chunk's gradients, as tiles
+                tl.debug_barrier()
+                off_c = row[:, None] * L + tc[None, :]
+                tl.store(gu_ptr + off_c, _unstage(sg + 5 * TP * BD, BD, TP).to(gu_ptr.dtype.element_ty), mask=tmc[None, :])
+                tl.store(gdt_ptr + off_c, _unstage(sg + 6 * TP * BD, BD, TP).to(gdt_ptr.dtype.element_ty), mask=tmc[None, :])
+                if HAS_Z: tl.store(gz_ptr + off_c, _unstage(sg + 7 * TP * BD, BD, TP).to(gz_ptr.dtype.element_ty), mask=tmc[None, :])
+                mc = nm[:, None] & tmc[None, :]
+                off_n = (gbc + n[:, None]) * L + tc[None, :]
+                if not B_CONST:
+                    if BC_PART: tl.store(gB_ptr + off_n, _unstage(sgN + 2 * TP * NP, NP, TP), mask=mc)
+                    else: tl.atomic_add(gB_ptr + off_n, _unstage(sgN + 2 * TP * NP, NP, TP), mask=mc)
+                if not C_CONST:
+                    if BC_PART: tl.store(gC_ptr + off_n, _unstage(sgN + 3 * TP * NP, NP, TP), mask=mc)
+                    else: tl.atomic_add(gC_ptr + off_n, _unstage(sgN + 3 * TP * NP, NP, TP), mask=mc)
             tl.debug_barrier()                                           # before the next chunk overwrites the scratch
         tl.store(gA_ptr + st, gA)
         tl.store(gh0_ptr + st, a_next * g)                               # dLoss/dh_{-1} = a_0 g_0
@@ -600,6 +721,14 @@ def _block(cpg:int, most:int|None=None)->int:
     while bd * 2 <= most and cpg % (bd * 2) == 0: bd *= 2
     return bd
 
+def _seq_io(cfg:dict, kernel:str, programs:int, bd:int, NP:int, T:int, per_channel:int, per_state:int, unused)->dict:
+    """The 'seq' kernels' staging arguments (the other kernels take none): with `SCAN_SEQ_IO = 'staged'`, a float32
+    buffer of `per_channel` (TP, BD) and `per_state` (TP, NP) slots a program, TP the chunk length's next power of two."""
+    if kernel != "seq": return {}
+    TP, staged = triton.next_power_of_2(T), cfg["SCAN_SEQ_IO"] == "staged"
+    stg = torch.empty(programs * TP * (per_channel * bd + per_state * NP), dtype=torch.float32, device=unused.device) if staged else unused
+    return dict(stg_ptr=stg, TP=TP, STAGED=staged)
+
 class _TritonScan(torch.autograd.Function):
     "Selective scan with every option fused into two Triton kernels; the backward recomputes states from per-chunk checkpoints."
     @staticmethod
@@ -614,6 +743,8 @@ class _TritonScan(torch.autograd.Function):
         cpg = d // G
         cfg = launch_settings(l, b * d)
         bd, T, NP = _block(cpg, cfg["SCAN_BD_MAX"]), cfg["SCAN_T"], triton.next_power_of_2(N)
+        if cfg["SCAN_FWD"] == cfg["SCAN_BWD"] == "seq":   # chunks of equal length, no steps past L (T is a loop count there)
+            T = triton.cdiv(l, triton.cdiv(l, T))
         nch = triton.cdiv(l, T)
         out = torch.empty(b, d, l, dtype=u.dtype, device=u.device)
         ck = torch.empty(b, d, nch, NP, dtype=torch.float32, device=u.device)
@@ -628,7 +759,8 @@ class _TritonScan(torch.autograd.Function):
             h0p if h0p is not None else last, out, ck, last, l, nch, cpg,
             *u.stride(), *delta.stride(), *zz.stride(), *out.stride(), *A.stride(), *sB, *sC,
             N=N, NP=NP, BD=bd, T=T, B_CONST=bconst, C_CONST=cconst, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, num_warps=cfg["SCAN_WARPS"])
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, num_warps=cfg["SCAN_WARPS"],
+            **_seq_io(cfg, cfg["SCAN_FWD"], b * (d // bd), bd, NP, T, 3, 2, ck))
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ck)
         ctx.cfg = (bool(delta_softplus), h0 is not None, bd, T, NP, nch, cpg, G, cfg)
         return out, last[..., :N]
@@ -668,7 +800,8 @@ class _TritonScan(torch.autograd.Function):
             gl if gl is not None else gA, gu, gdt, gzz, gA, gB, gC, gD, gbias, gh0, *scratch, l, nch, cpg,
             *u.stride(), *delta.stride(), *zz.stride(), *gout.stride(), *A.stride(), *sB, *sC,
             N=N, NP=NP, BD=bd, T=T, B_CONST=bconst, C_CONST=cconst, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_GLAST=gl is not None, BC_PART=part, num_warps=cfg["SCAN_WARPS_BWD"])
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_GLAST=gl is not None, BC_PART=part, num_warps=cfg["SCAN_WARPS_BWD"],
+            **_seq_io(cfg, which, b * (d // bd), bd, NP, T, 8, 4, gA))
         if part:                                  # the channel blocks of a group are consecutive programs
             if not bconst: gB = gB.view(b, G, cpg // bd, N, l).sum(2)
             if not cconst: gC = gC.view(b, G, cpg // bd, N, l).sum(2)
