@@ -204,6 +204,37 @@ def test_auto_prefers_build_free_paths():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", range(5))
+def test_triton_conv_matches_reference(case, dtype):
+    """The Triton causal conv against the float64 definition on the GPU: output, final states and the gradients of x,
+    weight and bias; with and without bias and SiLU, widths 2-4, lengths off the tile and shorter than the conv,
+    channel-first and channel-contiguous (Mamba-2's transposed view) inputs; through `causal_conv1d(backend='triton')`.
+    `auto` keeps PyTorch's path until the kernel is timed (`auto_refusal`)."""
+    need_triton("causal_conv1d")
+    from cab_bench.ops import causal_conv1d, causal_conv1d_ref
+    b, d, l, W, bias, act, last = [(2, 384, 50, 4, True, "silu", False), (3, 1664, 512, 4, True, "silu", True),
+                                   (1, 40, 3, 4, False, None, False), (2, 96, 1000, 2, True, None, True),
+                                   (4, 8, 33, 3, False, "silu", True)][case]
+    g = torch.Generator().manual_seed(case)
+    x0 = (torch.randn(b, l, d, generator=g, dtype=torch.float64).transpose(1, 2) if last
+          else torch.randn(b, d, l, generator=g, dtype=torch.float64)).to(DEV)
+    w0, b0 = torch.randn(d, W, generator=g, dtype=torch.float64).to(DEV), torch.randn(d, generator=g, dtype=torch.float64).to(DEV)
+    a = [x0.to(dtype).requires_grad_(), w0.float().requires_grad_(), b0.float().requires_grad_() if bias else None]
+    r = [x0.clone().requires_grad_(), w0.clone().requires_grad_(), b0.clone().requires_grad_() if bias else None]
+    y, fs = causal_conv1d(*a, act, return_final_states=True, backend="triton")
+    y0, fs0 = causal_conv1d_ref(*r, act, return_final_states=True)
+    assert y.dtype == dtype and fs.shape == fs0.shape
+    gy = torch.randn(y0.shape, generator=g, dtype=torch.float64).to(DEV)
+    (y.double() * gy).sum().backward(); (y0 * gy).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert rel(y, y0) < tol and rel(fs, fs0) < tol
+    for p, q, name in zip(a, r, ("x", "weight", "bias")):
+        if p is not None: assert rel(p.grad, q.grad) < 10 * tol, (name, rel(p.grad, q.grad))
+    assert backend_report("cuda")["causal_conv1d"]["path"] in ("cuda", "chunked")     # auto: not yet the Triton conv
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("seed", range(6))
 def test_triton_scan_matches_reference_random(seed):
     "Random shapes (lengths off the chunk), layouts and options; float32 and bf16; outputs, state, every gradient."

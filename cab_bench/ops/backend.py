@@ -35,6 +35,7 @@ KERNELS = {
 TRITON_PATHS = {
     "selective_scan": ("cab_bench.ops.triton_scan", "selective_scan_triton", "triton_unavailable"),
     "ssd_scan": ("cab_bench.ops.fla_ssd", "ssd_scan_fla", "fla_unavailable"),
+    "causal_conv1d": ("cab_bench.ops.triton_conv", "causal_conv1d_triton", "triton_unavailable"),
 }
 
 # what `auto` tries on CUDA tensors, in order: the mamba-ssm kernel, then the Triton path
@@ -42,6 +43,9 @@ AUTO_ORDER = ("cuda", "triton")
 
 def auto_refusal(op:str, device:torch.device)->str:
     "Why `auto` must not take op's Triton path on `device` although it runs ('' when it may)."
+    if op == "causal_conv1d":
+        return ("the Triton causal conv is not yet timed against PyTorch's path on a GPU (it would also change the numbers "
+                "of runs already recorded: fp32 taps instead of autocast's bf16 ones); ask for it with backend='triton'")
     if op != "ssd_scan": return ""
     # the module is looked up by name, as every Triton path is (`TRITON_PATHS`): no import at load time
     unsafe = importlib.import_module(TRITON_PATHS["ssd_scan"][0]).fla_backward_unsafe(device)
@@ -116,6 +120,7 @@ def pick_backend(
     backend:str|None,    # asked-for backend, None for the current default
     tensors:tuple=(),    # the op's tensor arguments (device decides)
     unsupported:str="",  # non-empty: why the mamba-ssm kernel cannot serve this call (an option it lacks)
+    triton_unsupported:str="",  # non-empty: why the Triton path cannot serve this call
 )->tuple[str, str]:      # (path, reason)
     "Decide which implementation serves a call, with the reason."
     backend = backend or _default_backend[-1]
@@ -129,7 +134,7 @@ def pick_backend(
         fn, why = triton_path(op)
         if fn is None: return why
         if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1": return "tensors are not on a CUDA device"
-        return ""
+        return triton_unsupported
     if backend == "triton" and op not in TRITON_PATHS: return "chunked", f"{op} has no Triton path"
     if backend in ("cuda", "triton"):
         why = why_not(backend)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import CabError, check_choice
-from .backend import kernel, pick_backend
+from .backend import kernel, pick_backend, triton_path
 
 # %% auto #0
 __all__ = ['causal_conv1d_ref', 'causal_conv1d_torch', 'causal_conv1d_step', 'causal_conv1d']
@@ -65,14 +65,18 @@ def causal_conv1d_step(
 
 def causal_conv1d(
     x, weight, bias=None, activation=None, initial_states=None, return_final_states=False,
-    *, backend:str|None=None,   # 'auto', 'ref', 'chunked' (the F.conv1d path) or 'cuda' (causal-conv1d kernel)
+    *, backend:str|None=None,   # 'auto', 'ref', 'chunked' (the F.conv1d path), 'cuda' (causal-conv1d kernel) or 'triton'
 ):
     "Depthwise causal conv1d with the `causal-conv1d` package's signature."
     unsupported = "initial_states needs a channel-last input for the kernel" if initial_states is not None else ""
-    path, _ = pick_backend("causal_conv1d", backend, (x, weight), unsupported=unsupported)
+    path, _ = pick_backend("causal_conv1d", backend, (x, weight), unsupported=unsupported,
+                           triton_unsupported="the Triton conv takes no initial_states" if initial_states is not None else "")
     if path == "cuda":
         fn, _ = kernel("causal_conv1d")
         y = fn(x, weight, bias, activation=activation)
         return (y, x[..., -(weight.shape[1] - 1):]) if return_final_states else y
+    if path == "triton":
+        fn, _ = triton_path("causal_conv1d")
+        return fn(x, weight, bias, activation, return_final_states)
     f = causal_conv1d_ref if path == "ref" else causal_conv1d_torch
     return f(x, weight, bias, activation, initial_states, return_final_states)
