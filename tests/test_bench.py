@@ -378,3 +378,16 @@ def test_scan_sass_script(tmp_path):
     (step,) = build["step_loops"]
     assert step["total"] > 20 and step.get("MUFU", 0) >= 1 and build["chunk_overhead"] > 0   # exp(dt A) in the step
     assert v["warp_instructions"] == v["programs"] * c["warps"] * 4 * (build["chunk_overhead"] + 13 * step["total"])
+
+
+def test_profile_fashion_step_seq_io_switch():
+    "A '+staged' backend entry gives the grid's scan shape the staged 'seq' kernels inside its block, and only there."
+    from bench.studies.profile_fashion_step import seq_io
+    import cab_bench.ops.triton_scan as ts
+    before = ts.launch_settings(50, 128 * 384)
+    with seq_io("staged"):
+        assert ts.launch_settings(50, 128 * 384)["SCAN_SEQ_IO"] == "staged"
+        assert ts.launch_settings(50, 128 * 384)["SCAN_FWD"] == before["SCAN_FWD"] == "seq"
+    assert ts.launch_settings(50, 128 * 384) == before
+    with pytest.raises(SystemExit, match="'\\+chunk' not allowed"):
+        with seq_io("chunk"): pass

@@ -4,17 +4,23 @@ The grid's cells (`bench.studies.replication`) run `default:fashion` -> `vim_fas
 bidirectional Mamba layers, 6.8M parameters, so the step is small and its speed is set by how many kernels it
 launches and how long the CPU takes to issue them, not by arithmetic. This times one optimizer step of each method's
 main stage (the trainer's own `train_step`) for each scan backend, and writes a torch.profiler table (CUDA time and
-call counts per kernel, and the CPU total) of CAB's step, so that the note on speed can say where the time goes.
+call counts per kernel, and the CPU total) of each timed step, so that the note on speed can say where the time goes.
+A single process's step is bound by the CPU issuing kernels; the grid runs several at once and is bound by the GPU,
+so the profile's kernel time a step (`profiles[...]['kernel_ms']`) is the number that sets the grid's throughput.
+A backend entry may end in `+staged`: the 'seq' scan kernels then get a step's values staged once a chunk
+(`SCAN_SEQ_IO = 'staged'`); `triton` also takes the Triton causal conv, which `auto` does not yet.
 MOHAWK's matrix orientation (every layer's transfer matrices averaged per head, with gradient) is timed as a step,
 and the matrix alone (forward + backward of one direction of one layer at the grid's shape) each way: the per-head
 block factorisation (`head_scan_matrix`, eager at the block sizes `--blocks` names, and compiled at Q 4, which takes
 minutes to compile) and the mean of the per-channel matrices it replaced (`selective_scan_matrix`, compiled).
 
     python -m bench.studies.profile_fashion_step --out bench/results/profile_fashion_step_h200.json
+    python -m bench.studies.profile_fashion_step --only steps --stages cab,soft_kd --backends auto,auto+staged,triton+staged
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -68,6 +74,19 @@ def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,), out:dict|None=N
     return out
 
 
+@contextlib.contextmanager
+def seq_io(io:str|None):
+    "The Triton scan's 'seq' kernels with `SCAN_SEQ_IO = io` for many rows (SCAN_WIDE) inside the block; None: unchanged."
+    if io is None:
+        yield; return
+    import cab_bench.ops.triton_scan as ts
+    if io not in ts.SEQ_IO: raise SystemExit(f"profile_fashion_step: '+{io}' not allowed; expected one of {ts.SEQ_IO}")
+    saved = ts.SCAN_WIDE
+    ts.SCAN_WIDE = dict(saved, SCAN_SEQ_IO=io)
+    try: yield
+    finally: ts.SCAN_WIDE = saved
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench/results/profile_fashion_step.json"))
@@ -75,7 +94,8 @@ def main(argv=None):
     ap.add_argument("--blocks", default="4", help="comma-separated block sizes Q of `head_scan_matrix` to time")
     ap.add_argument("--only", default=None, help="comma-separated: matrix, steps (default both)")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated steps to time (of {', '.join(STAGES)})")
-    ap.add_argument("--backends", default="auto,chunked", help="comma-separated scan backends for the steps")
+    ap.add_argument("--backends", default="auto,chunked",
+                    help="comma-separated backends for the steps, each optionally ending in +staged (SCAN_SEQ_IO)")
     ap.add_argument("--no_compiled", action="store_true", help="matrix: only the eager block path (the compiles take minutes)")
     a = ap.parse_args(argv)
     only = set(a.only.split(",")) if a.only else {"matrix", "steps"}
@@ -83,13 +103,16 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(a.batch, 1, 28, 28, generator=g).to(dev), torch.randint(0, 10, (a.batch,), generator=g).to(dev))
     res = dict(study="profile_fashion_step", device=torch.cuda.get_device_name(0), torch=torch.__version__, batch=a.batch,
-               report=backend_report("cuda"), step_ms={}, profile={})
+               report=backend_report("cuda"), step_ms={}, profile={}, profiles={})
     if "matrix" in only:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         matrix_ms(dev, qs=tuple(int(q) for q in a.blocks.split(",")), out=res.setdefault("matrix_ms", {}),
                   save=lambda: a.out.write_text(json.dumps(res, indent=1, default=str)), compiled=not a.no_compiled)
-    for be in a.backends.split(",") if "steps" in only else ():
-        with use_backend(be):
+    for entry in a.backends.split(",") if "steps" in only else ():
+        be, _, io = entry.partition("+")
+        with use_backend(be), seq_io(io or None):
+            import cab_bench.ops.triton_scan as ts
+            res.setdefault("reports", {})[entry] = dict(backend_report("cuda"), scan_settings=ts.launch_settings(50, a.batch * 384))
             for label, (m, opts) in STAGES.items():
                 if label not in a.stages.split(","): continue
                 if label == "mohawk" and be == "chunked": continue     # its matrices do not depend on the scan path
@@ -98,12 +121,14 @@ def main(argv=None):
                 meth = build_method(m, teacher, create_student("vim_fashion"), **opts)
                 stage = meth.stages[-1].name if m == "soft_kd" else meth.stages[0].name
                 st = StageStep(meth, stage, dev)
-                key = f"{label}/{stage}/{be}"
+                key = f"{label}/{stage}/{entry}"
                 res["step_ms"][key] = ms = _time(st, batch, dev, n=5 if label == "mohawk" else 20, warm=2 if label == "mohawk" else 5)
                 print(f"{key}: {ms:.1f} ms/step", flush=True)
-                if label == "cab" and be == "auto":
-                    res["profile"] = profile_top(lambda: st(batch), dev, steps=3, top=40)
-                    for k in res["profile"]["kernels"][:30]: print(f"{k['device_ms']:8.3f} ms {k['calls']:6.1f}x  {k['name']}")
+                if be != "chunked" and label != "mohawk":
+                    res["profiles"][key] = prof = profile_top(lambda: st(batch), dev, steps=3, top=40)
+                    if label == "cab" and entry == "auto": res["profile"] = prof          # the table earlier notes cite
+                    print(f"{key}: {prof['kernel_ms']:.1f} ms of GPU kernels a step", flush=True)
+                    for k in prof["kernels"][:30]: print(f"{k['device_ms']:8.3f} ms {k['calls']:6.1f}x  {k['name']}")
                 st.release(); del meth, teacher; torch.cuda.empty_cache()
                 a.out.parent.mkdir(parents=True, exist_ok=True)
                 a.out.write_text(json.dumps(res, indent=1, default=str))   # after each step timed: a cut-off run keeps them
