@@ -197,6 +197,8 @@ def test_auto_prefers_build_free_paths():
         assert r["ssd_scan"]["path"] == "triton" and "backward" in r["ssd_scan"], r["ssd_scan"]
     want = "cuda" if kernel("selective_scan")[0] else "triton"
     assert r["selective_scan"]["path"] == want
+    if want == "triton":   # the record says which Triton kernels the scans get
+        assert r["selective_scan"]["launch"]["wide"]["SCAN_FWD"] in ("tiles", "states", "seq"), r["selective_scan"]
     x = random_scan_inputs(device=DEV, dtype=torch.float32)
     # an initial state, which the mamba-ssm kernel lacks, goes to the Triton kernel
     path, _ = pick_backend("selective_scan", "auto", (x["u"],), unsupported="initial_state")

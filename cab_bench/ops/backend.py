@@ -162,7 +162,7 @@ def _version(pkg:str)->str|None:
 def backend_report(
     device:str|torch.device|None=None,  # the device calls would run on; default: CUDA when available, else CPU
     backend:str|None=None,              # the backend asked for; None: the current default (`use_backend`, $CAB_BENCH_BACKEND, 'auto')
-)->dict:                                # op -> {'path', 'reason'} (ssd_scan on fla also 'backward'), plus 'versions', 'chunked', 'device'
+)->dict:                                # op -> {'path', 'reason'} (ssd_scan on fla also 'backward', the Triton scan its 'launch' settings), plus 'versions', 'chunked', 'device'
     "Say which path each op takes for default options on `device` here, and why."
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     probe = (torch.empty(0, device="meta"),) if dev.type != "cuda" else ()
@@ -174,6 +174,8 @@ def backend_report(
         unsafe = importlib.import_module(TRITON_PATHS["ssd_scan"][0]).fla_backward_unsafe(dev)
         report["ssd_scan"]["backward"] = (f"fla's forward kernel run three more times (fla's own backward is unsafe: {unsafe})"
                                           if unsafe else "fla's own backward kernels")
+    if report["selective_scan"]["path"] == "triton":    # which Triton kernels and settings the scans get
+        report["selective_scan"]["launch"] = importlib.import_module(TRITON_PATHS["selective_scan"][0]).launch_report()
     report["versions"] = {p: _version(p) for p in ("torch", "mamba-ssm", "causal-conv1d", "triton", "fla-core")}
     report["chunked"] = dict(torch_compile=compile_default() and dev.type == "cuda", chunk_elems=chunk_elems_default())
     report["device"] = str(dev)

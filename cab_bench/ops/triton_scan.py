@@ -21,7 +21,7 @@ from ..core import CabError
 # %% auto #0
 __all__ = ['SCAN_T', 'SCAN_BD_MAX', 'SCAN_WARPS', 'SCAN_WARPS_BWD', 'SCAN_BWD', 'SCAN_BWD_BD_MAX', 'SCAN_FWD', 'SCAN_LONG_L',
            'SCAN_LONG', 'SCAN_WIDE_ROWS', 'SCAN_WIDE', 'KERNELS', 'SCAN_SEQ_IO', 'SEQ_IO', 'LAUNCH_KEYS',
-           'SCAN_BC_PART_MAX', 'launch_settings', 'triton_unavailable', 'selective_scan_triton']
+           'SCAN_BC_PART_MAX', 'launch_settings', 'launch_report', 'triton_unavailable', 'selective_scan_triton']
 
 # %% ../../nbs/14_ops.triton_scan.ipynb #b11b67ad
 SCAN_T = 16        # time steps per chunk: one associative scan over a (BD, N, T) tile
@@ -93,6 +93,11 @@ def launch_settings(l:int, rows:int|None=None)->dict:
     return s
 
 _settings_from_env()
+
+def launch_report()->dict:
+    "The launch settings in force: the module's, and those for many rows (`SCAN_WIDE`) and long sequences (`SCAN_LONG`)."
+    return dict(default={k: globals()[k] for k in LAUNCH_KEYS}, wide=dict(SCAN_WIDE, from_rows=SCAN_WIDE_ROWS),
+                long=dict(SCAN_LONG, from_L=SCAN_LONG_L))
 
 SCAN_BC_PART_MAX = 256 << 20   # bytes: per-token dB/dC written per channel block and summed after (deterministic, no
                                # atomics) while that buffer stays this small; above it, atomic adds into one (b, G, N, L)
