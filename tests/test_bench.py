@@ -361,7 +361,8 @@ def test_scan_tune_script(tmp_path):
 
 
 def test_scan_sass_script(tmp_path):
-    "The 'seq' forward compiled for sm_90 without a GPU: its step loop found in the SASS and counted."
+    """The staged 'seq' forward of the vim_fashion student's real launch (captured on the CPU, specialised as Triton's
+    JIT would) compiled for sm_90 without a GPU: its step loop found in the SASS and counted."""
     import triton
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm").exists():
         pytest.skip("this Triton ships no nvdisasm")
@@ -370,14 +371,13 @@ def test_scan_sass_script(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench.studies.scan_sass", "--smoke", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    c = json.loads(out.read_text())["cases"][0]
-    assert (c["kernel"], c["SCAN_SEQ_IO"], c["equal_chunks"]) == ("fwd", "staged", True)
-    v = c["shapes"]["vim_fashion"]
-    assert (v["chunks"], v["T"], v["programs"]) == (4, 13, 128 * 384 // 16)          # 50 steps as 4 equal chunks of 13
-    (build,) = c["builds"].values()
-    (step,) = build["step_loops"]
-    assert step["total"] > 20 and step.get("MUFU", 0) >= 1 and build["chunk_overhead"] > 0   # exp(dt A) in the step
-    assert v["warp_instructions"] == v["programs"] * c["warps"] * 4 * (build["chunk_overhead"] + 13 * step["total"])
+    (c,) = json.loads(out.read_text())["rows"]            # both directions compile to one binary
+    assert (c["kernel"], c["SCAN_SEQ_IO"], c["STAGED"]) == ("_ss_fwd_seq", "staged", True)
+    assert (c["L"], c["chunks"], c["T"]) == (50, 4, 13)                        # 50 steps as 4 equal chunks of 13
+    assert c["programs"] == 128 * 384 // c["BD"]                                # at the grid's batch
+    (step,) = c["step_loops"]
+    assert step["total"] > 20 and step.get("MUFU", 0) >= 1 and c["chunk_overhead"] > 0   # exp(dt A) in the step
+    assert c["warp_instructions"] == c["programs"] * c["warps"] * 4 * (c["chunk_overhead"] + 13 * step["total"])
 
 
 def test_profile_fashion_step_seq_io_switch():

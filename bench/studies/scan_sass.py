@@ -1,16 +1,21 @@
 """Instructions a step of the 'seq' selective-scan kernels costs, read from their machine code for an H100/H200 (sm_90).
 
-No GPU is needed: Triton compiles a kernel for a named target on any machine, and the `nvdisasm` that ships with its
-NVIDIA backend turns the binary into SASS. This finds the kernel's loops in the SASS (a backward branch to an earlier
-label), counts the instructions of each step loop by kind (global loads and stores, shuffles, barriers, special
-functions), and multiplies them out to warp-instructions per call at the replication grid's shapes:
+No GPU is needed. The vim_fashion student (the replication grid's) runs one forward and backward on the CPU with the
+Triton scan's kernels replaced by recorders, so each launch's real arguments are captured: the Vim mixer's tensors
+with their strides, dtypes and alignments, and the launch settings the dispatcher chose. Triton's own binder turns
+them into the specialization its JIT would compile on the GPU (integers equal to 1 become constants, pointers and
+integers divisible by 16 are marked so), and Triton compiles that for sm_90 on this machine; the `nvdisasm` that ships
+with its NVIDIA backend turns the binary into SASS. This finds the kernel's loops in the SASS (a branch back to an
+earlier label), counts the instructions of each step loop by kind (global loads and stores, shuffles, barriers,
+special functions), and multiplies them out to warp-instructions per call at the grid's batch:
 
     programs x warps x chunks x (chunk overhead + steps a chunk x instructions a step)
 
-for each way a step gets its values (`SCAN_SEQ_IO`: 'step' or 'staged') and for the chunk lengths before and after
-equal chunks (`SCAN_T` 16 walked as 16, or as the equal chunks the kernels now use). At the vim_fashion shape the 'step' backward issues about 244 M
-warp-instructions a call; an H200 issues at most about 1.05 T a second (132 SMs x 4 schedulers x 1.98 GHz), so issue
-alone takes 0.23 ms of the 0.39 ms that call measured in a CAB step. The counts are a proxy for time, not a time:
+for each way a step gets its values (`SCAN_SEQ_IO`: 'step' or 'staged'), and for 'step' also at the chunking before
+equal chunks (50 steps as 4 chunks of 16). An H200 issues at most about 1.05 T warp-instructions a second (132 SMs x
+4 schedulers x 1.98 GHz). Before equal chunks, the 'step' forward issued 68 M a call at the grid's shape and took
+0.068 ms in a CAB step (bench/results/profile_fashion_step_seq_h200.json): issue-bound. The backward issued 163 M and
+took 0.39 ms: issue is 40% of it, the rest waiting. So the counts are a proxy for time, not a time:
 `bench.studies.scan_tune` measures that on a GPU.
 
     python -m bench.studies.scan_sass --out bench/results/scan_sass_sm90.json
@@ -28,14 +33,13 @@ from pathlib import Path
 
 from bench.benchlib import environment, write_json
 
-SHAPES = {"vim_fashion": (128, 384, 50), "vim_tiny": (64, 384, 197)}   # batch, channels, length (N 16)
-# (kernel, SCAN_SEQ_IO, channels a program, warps, SCAN_T, equal chunks?)
-CASES = [("fwd", "step", 16, 2, 16, False), ("fwd", "step", 16, 2, 16, True), ("fwd", "staged", 16, 2, 16, True),
-         ("fwd", "staged", 16, 1, 16, True),
-         ("bwd", "step", 16, 1, 16, False), ("bwd", "step", 16, 1, 16, True), ("bwd", "staged", 16, 1, 16, True),
-         ("bwd", "staged", 16, 2, 16, True)]
+GRID_BATCH = 128        # the replication grid's batch: the captured grid is scaled to it
 KINDS = ("LDG", "STG", "LDS", "STS", "SHFL", "BAR", "MUFU", "LDL", "STL", "ATOMG", "RED")
-BF16 = ("u_ptr", "dt_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr", "gout_ptr", "gu_ptr", "gdt_ptr", "gz_ptr")
+# (label, SCAN_SEQ_IO, overrides of the 'seq' settings SCAN_WIDE applies, the chunk length forced, or None: the
+# dispatcher's equal chunks)
+CASES = [("step, chunks of 16 (before)", "step", {}, 16), ("step", "step", {}, None), ("staged", "staged", {}, None),
+         ("staged, forward 1 warp", "staged", dict(SCAN_WARPS=1), None),
+         ("staged, backward 2 warps", "staged", dict(SCAN_WARPS_BWD=2), None)]
 
 
 def tool(name:str)->str:
@@ -46,15 +50,58 @@ def tool(name:str)->str:
     return str(p)
 
 
-def compile_sm90(fn, constexprs:dict, warps:int):
-    "fn compiled for sm_90 with bf16 activations and float32 everything else: Triton's CompiledKernel."
+class Recorder:
+    "Stands in for a JIT kernel: `rec[grid](*args, **kwargs)` records the launch instead of running it."
+    def __init__(self, fn, calls:list): self.fn, self.calls = fn, calls
+    def __getitem__(self, grid): return lambda *args, **kwargs: self.calls.append((self.fn, tuple(grid), args, kwargs))
+
+
+def capture(io:str, overrides:dict, batch:int=4, seed:int=0)->list:
+    """The 'seq' kernel launches of one vim_fashion forward + backward under bf16 autocast, with `SCAN_SEQ_IO = io` and
+    `overrides` on SCAN_WIDE's settings: a list of (kernel, grid, args, kwargs), one per distinct kernel."""
+    import torch
+    import cab_bench.ops.triton_conv as tc
+    import cab_bench.ops.triton_scan as ts
+    from cab_bench.models import create_student
+    from cab_bench.ops import use_backend
+    calls, saved = [], {k: getattr(ts, k) for k in ("_ss_fwd_seq", "_ss_bwd_seq", "SCAN_WIDE", "SCAN_WIDE_ROWS")}
+    saved_conv = (tc._conv_fwd, tc._conv_bwd)
+    env = os.environ.get("TRITON_INTERPRET")
+    try:
+        ts._ss_fwd_seq, ts._ss_bwd_seq = Recorder(saved["_ss_fwd_seq"], calls), Recorder(saved["_ss_bwd_seq"], calls)
+        tc._conv_fwd, tc._conv_bwd = Recorder(saved_conv[0], []), Recorder(saved_conv[1], [])
+        ts.SCAN_WIDE = dict(saved["SCAN_WIDE"], SCAN_SEQ_IO=io, **overrides)
+        ts.SCAN_WIDE_ROWS = 1                 # the small captured batch takes the grid batch's settings
+        os.environ["TRITON_INTERPRET"] = "1"  # lets the dispatcher take the Triton path on a CPU; the kernels stay JIT ones
+        torch.manual_seed(seed)
+        student = create_student("vim_fashion")
+        with use_backend("triton"), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = student(torch.randn(batch, 1, 28, 28))
+        out.logits.float().sum().backward()
+    finally:
+        for k, v in saved.items(): setattr(ts, k, v)
+        tc._conv_fwd, tc._conv_bwd = saved_conv
+        if env is None: os.environ.pop("TRITON_INTERPRET", None)
+        else: os.environ["TRITON_INTERPRET"] = env
+    seen, unique = set(), []
+    for fn, grid, args, kwargs in calls:      # every layer launches the same few: keep one of each argument layout
+        key = (fn.__name__, grid) + tuple((a.dtype, a.stride(), a.data_ptr() % 16) if hasattr(a, "stride") else a for a in args)
+        if key not in seen: seen.add(key); unique.append((fn, grid, args, kwargs))
+    return unique
+
+
+def compile_call(fn, args:tuple, kwargs:dict):
+    "fn compiled for sm_90 with the specialization Triton's JIT gives these arguments: Triton's CompiledKernel."
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    sig = {a: "constexpr" if a in constexprs else ("*bf16" if a in BF16 else "*fp32") if a.endswith("_ptr") else "i32"
-           for a in fn.arg_names}
-    return triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=warps))
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=options.__dict__)
 
 
 def sass_loops(cubin:bytes)->tuple[list[str], list[tuple[int, int]]]:
@@ -80,64 +127,62 @@ def mix(ins:list[str])->dict:
     return dict(total=len(ins), **{k: c[k] for k in KINDS if c[k]})
 
 
-def analyse(kernel:str, io:str, bd:int, warps:int, T:int, equal:bool, shapes:dict=SHAPES, N:int=16)->dict:
-    """One case: the step loops' instruction mix, the chunk loop's overhead, registers and spills, and
-    warp-instructions per call at each shape (the chunk length each shape gets)."""
+def resources(cubin:bytes)->dict:
+    "Registers and stack bytes a thread, from cuobjdump."
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin); f.flush()
+        use = subprocess.run([tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+)\s+STACK:(\d+)", use)
+    return dict(registers=int(m.group(1)), stack_bytes=int(m.group(2))) if m else {}
+
+
+def analyse(fn, grid, args, kwargs, T_forced:int|None=None, batch:int=4)->dict:
+    """One launch: its step loops' instruction mix, the chunk loop's overhead, registers and spills, and
+    warp-instructions per call at the grid's batch. `T_forced` recompiles it at that chunk length (and its chunks)."""
     import triton
-    import cab_bench.ops.triton_scan as ts
-    fn = ts._ss_fwd_seq if kernel == "fwd" else ts._ss_bwd_seq
-    per_shape = {}
-    for name, (b, d, l) in shapes.items():
-        Te = triton.cdiv(l, triton.cdiv(l, T)) if equal else T
-        per_shape[name] = dict(T=Te, chunks=triton.cdiv(l, Te), programs=b * (d // bd))
-    builds = {}
-    for Te in sorted({v["T"] for v in per_shape.values()}):
-        const = dict(N=N, NP=triton.next_power_of_2(N), BD=bd, T=Te, B_CONST=False, C_CONST=False, HAS_D=True,
-                     HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, TP=triton.next_power_of_2(Te), STAGED=io == "staged",
-                     **(dict(HAS_H0=False) if kernel == "fwd" else dict(HAS_GLAST=False, BC_PART=True)))
-        t0 = time.time()
-        k = compile_sm90(fn, const, warps)
-        ins, loops = sass_loops(k.asm["cubin"])
-        inner = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
-        outer = [lp for lp in loops if any(o != lp and o[0] >= lp[0] and o[1] <= lp[1] for o in loops)]
-        if len(inner) != (1 if kernel == "fwd" else 2) or len(outer) != 1:
-            raise RuntimeError(f"scan_sass: {kernel}/{io}: expected {1 if kernel == 'fwd' else 2} step loops in one "
-                               f"chunk loop, found loops {loops}")
-        steps = [mix(ins[a:b + 1]) for a, b in inner]
-        ch = outer[0]
-        overhead = ch[1] - ch[0] + 1 - sum(s["total"] for s in steps)
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(k.asm["cubin"]); f.flush()
-            use = subprocess.run([tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-        m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", use)
-        builds[Te] = dict(step_loops=steps, chunk_overhead=overhead, registers=int(m.group(1)) if m else None,
-                          stack_bytes=int(m.group(2)) if m else None, compile_s=round(time.time() - t0, 2))
-    for name, v in per_shape.items():
-        bl = builds[v["T"]]
-        v["warp_instructions"] = v["programs"] * warps * v["chunks"] * (
-            bl["chunk_overhead"] + v["T"] * sum(s["total"] for s in bl["step_loops"]))
-    return dict(kernel=kernel, SCAN_SEQ_IO=io, BD=bd, warps=warps, SCAN_T=T, equal_chunks=equal,
-                builds={str(k): v for k, v in builds.items()}, shapes=per_shape)
+    names = [p.name for p in fn.params]
+    args, kwargs = list(args), dict(kwargs)
+    L = args[names.index("L")]
+    if T_forced is not None:
+        kwargs["T"], kwargs["TP"] = T_forced, triton.next_power_of_2(T_forced)
+        args[names.index("NCH")] = triton.cdiv(L, T_forced)
+    T, nch, warps = kwargs["T"], args[names.index("NCH")], kwargs.get("num_warps", 4)
+    t0 = time.time()
+    k = compile_call(fn, tuple(args), kwargs)
+    ins, loops = sass_loops(k.asm["cubin"])
+    inner = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+    outer = [lp for lp in loops if any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+    want = 1 if fn.__name__ == "_ss_fwd_seq" else 2
+    if len(inner) != want or len(outer) != 1:
+        raise RuntimeError(f"scan_sass: {fn.__name__}: expected {want} step loops in one chunk loop, found loops {loops}")
+    steps = [mix(ins[a:b + 1]) for a, b in inner]
+    overhead = outer[0][1] - outer[0][0] + 1 - sum(s["total"] for s in steps)
+    programs = grid[0] * GRID_BATCH // batch * (grid[1] if len(grid) > 1 else 1)
+    return dict(kernel=fn.__name__, L=L, T=T, chunks=nch, BD=kwargs["BD"], warps=warps, STAGED=kwargs.get("STAGED"),
+                step_loops=steps, chunk_overhead=overhead, **resources(k.asm["cubin"]), programs=programs, hash=k.hash,
+                warp_instructions=programs * warps * nch * (overhead + T * sum(s["total"] for s in steps)),
+                compile_s=round(time.time() - t0, 2))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--smoke", action="store_true", help="one forward case at one shape (a CPU test)")
+    ap.add_argument("--smoke", action="store_true", help="the staged forward only (a CPU test)")
     a = ap.parse_args(argv)
-    os.environ.pop("TRITON_INTERPRET", None)       # the kernels must be Triton's JIT functions, not the interpreter's
-    cases = CASES[2:3] if a.smoke else CASES
-    shapes = {"vim_fashion": SHAPES["vim_fashion"]} if a.smoke else SHAPES
+    cases = [c for c in CASES if c[0] == "staged"] if a.smoke else CASES
     t0, rows = time.time(), []
-    for c in cases:
-        rows.append(analyse(*c, shapes=shapes))
-        r = rows[-1]
-        print(f"{r['kernel']} {r['SCAN_SEQ_IO']:6s} BD {r['BD']} warps {r['warps']} T {r['SCAN_T']} equal {r['equal_chunks']!s:5s}",
-              " ".join(f"{n}: {v['chunks']}x{v['T']} steps, {v['warp_instructions'] / 1e6:.1f} M warp-instr"
-                       for n, v in r["shapes"].items()),
-              "| step loops", [s["total"] for b in r["builds"].values() for s in b["step_loops"]], flush=True)
-    write_json(a.out, dict(study="scan_sass", target="sm_90 (compiled here, not run)", environment=environment(),
-                           seconds=round(time.time() - t0, 1), cases=rows))
+    for label, io, over, T in cases:
+        for fn, grid, args, kwargs in capture(io, over):
+            if a.smoke and fn.__name__ != "_ss_fwd_seq": continue
+            r = dict(case=label, SCAN_SEQ_IO=io, **analyse(fn, grid, args, kwargs, T))
+            if any(q["case"] == label and q["hash"] == r["hash"] for q in rows): continue   # both directions: one binary
+            rows.append(r)
+            print(f"{label:28s} {r['kernel']:12s} {r['chunks']}x{r['T']} steps, BD {r['BD']}, {r['warps']} warps, "
+                  f"step loops {[s['total'] for s in r['step_loops']]}, chunk overhead {r['chunk_overhead']}, "
+                  f"{r.get('registers')} regs, {r.get('stack_bytes')} B stack: {r['warp_instructions'] / 1e6:.1f} M warp-instr a call",
+                  flush=True)
+    write_json(a.out, dict(study="scan_sass", target="sm_90 (compiled here, not run)", shape="vim_fashion, batch 128, bf16 autocast",
+                           environment=environment(), seconds=round(time.time() - t0, 1), rows=rows))
 
 
 if __name__ == "__main__":
