@@ -1,13 +1,14 @@
 """Instructions a step of the 'seq' selective-scan kernels costs, read from their machine code for an H100/H200 (sm_90).
 
-No GPU is needed. The vim_fashion student (the replication grid's) runs one forward and backward on the CPU with the
+No GPU is needed. A Vim student (the replication grid's vim_fashion, Vim-Tiny) runs one forward and backward on the CPU with the
 Triton scan's kernels replaced by recorders, so each launch's real arguments are captured: the Vim mixer's tensors
 with their strides, dtypes and alignments, and the launch settings the dispatcher chose. Triton's own binder turns
 them into the specialization its JIT would compile on the GPU (integers equal to 1 become constants, pointers and
 integers divisible by 16 are marked so), and Triton compiles that for sm_90 on this machine; the `nvdisasm` that ships
 with its NVIDIA backend turns the binary into SASS. This finds the kernel's loops in the SASS (a branch back to an
 earlier label), counts the instructions of each step loop by kind (global loads and stores, shuffles, barriers,
-special functions), and multiplies them out to warp-instructions per call at the grid's batch:
+special functions), and multiplies them out to warp-instructions per call at the student's batch (the grid's
+vim_fashion at 128, and Vim-Tiny at ENV.md's 64):
 
     programs x warps x chunks x (chunk overhead + steps a chunk x instructions a step)
 
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from bench.benchlib import environment, write_json
 
-GRID_BATCH = 128        # the replication grid's batch: the captured grid is scaled to it
+STUDENTS = {"vim_fashion": 128, "vim_tiny_patch16_224": 64}   # student: the batch each is timed at (the grid's; ENV.md's)
 KINDS = ("LDG", "STG", "LDS", "STS", "SHFL", "BAR", "MUFU", "LDL", "STL", "ATOMG", "RED")
 # (label, SCAN_SEQ_IO, overrides of the 'seq' settings SCAN_WIDE applies, the chunk length forced, or None: the
 # dispatcher's equal chunks)
@@ -56,9 +57,9 @@ class Recorder:
     def __getitem__(self, grid): return lambda *args, **kwargs: self.calls.append((self.fn, tuple(grid), args, kwargs))
 
 
-def capture(io:str, overrides:dict, batch:int=4, seed:int=0)->list:
-    """The 'seq' kernel launches of one vim_fashion forward + backward under bf16 autocast, with `SCAN_SEQ_IO = io` and
-    `overrides` on SCAN_WIDE's settings: a list of (kernel, grid, args, kwargs), one per distinct kernel."""
+def capture(io:str, overrides:dict, student:str="vim_fashion", batch:int=2, seed:int=0)->list:
+    """The 'seq' kernel launches of one forward + backward of `student` under bf16 autocast, with `SCAN_SEQ_IO = io`
+    and `overrides` on SCAN_WIDE's settings: a list of (kernel, grid, args, kwargs), one per distinct argument layout."""
     import torch
     import cab_bench.ops.triton_conv as tc
     import cab_bench.ops.triton_scan as ts
@@ -74,9 +75,9 @@ def capture(io:str, overrides:dict, batch:int=4, seed:int=0)->list:
         ts.SCAN_WIDE_ROWS = 1                 # the small captured batch takes the grid batch's settings
         os.environ["TRITON_INTERPRET"] = "1"  # lets the dispatcher take the Triton path on a CPU; the kernels stay JIT ones
         torch.manual_seed(seed)
-        student = create_student("vim_fashion")
+        model = create_student(student)
         with use_backend("triton"), torch.autocast("cpu", dtype=torch.bfloat16):
-            out = student(torch.randn(batch, 1, 28, 28))
+            out = model(torch.randn(batch, model.patch_embed.in_channels, model.img_size, model.img_size))
         out.logits.float().sum().backward()
     finally:
         for k, v in saved.items(): setattr(ts, k, v)
@@ -136,9 +137,9 @@ def resources(cubin:bytes)->dict:
     return dict(registers=int(m.group(1)), stack_bytes=int(m.group(2))) if m else {}
 
 
-def analyse(fn, grid, args, kwargs, T_forced:int|None=None, batch:int=4)->dict:
-    """One launch: its step loops' instruction mix, the chunk loop's overhead, registers and spills, and
-    warp-instructions per call at the grid's batch. `T_forced` recompiles it at that chunk length (and its chunks)."""
+def analyse(fn, grid, args, kwargs, T_forced:int|None=None, batch:int=2, at_batch:int=128)->dict:
+    """One launch (captured at `batch`): its step loops' instruction mix, the chunk loop's overhead, registers and
+    spills, and warp-instructions per call at `at_batch`. `T_forced` recompiles it at that chunk length (and chunks)."""
     import triton
     names = [p.name for p in fn.params]
     args, kwargs = list(args), dict(kwargs)
@@ -157,7 +158,7 @@ def analyse(fn, grid, args, kwargs, T_forced:int|None=None, batch:int=4)->dict:
         raise RuntimeError(f"scan_sass: {fn.__name__}: expected {want} step loops in one chunk loop, found loops {loops}")
     steps = [mix(ins[a:b + 1]) for a, b in inner]
     overhead = outer[0][1] - outer[0][0] + 1 - sum(s["total"] for s in steps)
-    programs = grid[0] * GRID_BATCH // batch * (grid[1] if len(grid) > 1 else 1)
+    programs = grid[0] * at_batch // batch * (grid[1] if len(grid) > 1 else 1)
     return dict(kernel=fn.__name__, L=L, T=T, chunks=nch, BD=kwargs["BD"], warps=warps, STAGED=kwargs.get("STAGED"),
                 step_loops=steps, chunk_overhead=overhead, **resources(k.asm["cubin"]), programs=programs, hash=k.hash,
                 warp_instructions=programs * warps * nch * (overhead + T * sum(s["total"] for s in steps)),
@@ -167,21 +168,26 @@ def analyse(fn, grid, args, kwargs, T_forced:int|None=None, batch:int=4)->dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--smoke", action="store_true", help="the staged forward only (a CPU test)")
+    ap.add_argument("--students", default=",".join(STUDENTS), help=f"comma-separated, of {', '.join(STUDENTS)}")
+    ap.add_argument("--smoke", action="store_true", help="the staged forward of vim_fashion only (a CPU test)")
     a = ap.parse_args(argv)
     cases = [c for c in CASES if c[0] == "staged"] if a.smoke else CASES
+    students = ["vim_fashion"] if a.smoke else a.students.split(",")
+    bad = [s for s in students if s not in STUDENTS]
+    if bad: raise SystemExit(f"scan_sass: --students {bad} not allowed; expected some of {', '.join(STUDENTS)}")
     t0, rows = time.time(), []
-    for label, io, over, T in cases:
-        for fn, grid, args, kwargs in capture(io, over):
+    for student, label, io, over, T in ((s, *c) for s in students for c in cases):
+        for fn, grid, args, kwargs in capture(io, over, student):
             if a.smoke and fn.__name__ != "_ss_fwd_seq": continue
-            r = dict(case=label, SCAN_SEQ_IO=io, **analyse(fn, grid, args, kwargs, T))
-            if any(q["case"] == label and q["hash"] == r["hash"] for q in rows): continue   # both directions: one binary
-            rows.append(r)
-            print(f"{label:28s} {r['kernel']:12s} {r['chunks']}x{r['T']} steps, BD {r['BD']}, {r['warps']} warps, "
+            r = dict(student=student, batch=STUDENTS[student], case=label, SCAN_SEQ_IO=io,
+                     **analyse(fn, grid, args, kwargs, T, at_batch=STUDENTS[student]))
+            if any(q["student"] == student and q["case"] == label and q["hash"] == r["hash"] for q in rows): continue
+            rows.append(r)                                             # (both directions compile to one binary)
+            print(f"{student:20s} {label:28s} {r['kernel']:12s} {r['chunks']}x{r['T']} steps, BD {r['BD']}, {r['warps']} warps, "
                   f"step loops {[s['total'] for s in r['step_loops']]}, chunk overhead {r['chunk_overhead']}, "
                   f"{r.get('registers')} regs, {r.get('stack_bytes')} B stack: {r['warp_instructions'] / 1e6:.1f} M warp-instr a call",
                   flush=True)
-    write_json(a.out, dict(study="scan_sass", target="sm_90 (compiled here, not run)", shape="vim_fashion, batch 128, bf16 autocast",
+    write_json(a.out, dict(study="scan_sass", target="sm_90 (compiled here, not run)", precision="bf16 autocast",
                            environment=environment(), seconds=round(time.time() - t0, 1), rows=rows))
 
 
