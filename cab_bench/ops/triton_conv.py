@@ -42,14 +42,19 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _conv_fwd(x_ptr, w_ptr, b_ptr, y_ptr, Dn, L, s_xb, s_xd, s_xl, s_yb, s_yd, s_yl, s_wd, s_wk,
-                  W: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
+    def _tile(b_ptr, Dn, BD: tl.constexpr, BL: tl.constexpr, HAS_BIAS: tl.constexpr):
+        "A program's batch row, step block, channels (with their mask), steps and bias (zeros without one)."
         pb, pd, pl = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         ch = pd * BD + tl.arange(0, BD)
         cm = ch < Dn
-        t = pl * BL + tl.arange(0, BL)
         bias = tl.zeros([BD], tl.float32)
         if HAS_BIAS: bias = tl.load(b_ptr + ch, mask=cm, other=0.0).to(tl.float32)
+        return pb, pl, ch, cm, pl * BL + tl.arange(0, BL), bias
+
+    @triton.jit
+    def _conv_fwd(x_ptr, w_ptr, b_ptr, y_ptr, Dn, L, s_xb, s_xd, s_xl, s_yb, s_yd, s_yl, s_wd, s_wk,
+                  W: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
+        pb, pl, ch, cm, t, bias = _tile(b_ptr, Dn, BD, BL, HAS_BIAS)
         y = _pre(x_ptr, w_ptr, bias, pb * s_xb, ch, cm, t, L, s_xd, s_xl, s_wd, s_wk, W)
         if SILU: y = y * tl.sigmoid(y)
         tl.store(y_ptr + pb * s_yb + ch[:, None] * s_yd + t[None, :] * s_yl, y.to(y_ptr.dtype.element_ty),
@@ -72,12 +77,7 @@ if triton is not None:
                   s_xb, s_xd, s_xl, s_gb, s_gd, s_gl, s_hb, s_hd, s_hl, s_wd, s_wk,
                   W: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
         "gx (strides s_h*), and this program's partial sums of dw (Dn, W) and db (Dn,) at row pb * NL + pl."
-        pb, pd, pl = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        ch = pd * BD + tl.arange(0, BD)
-        cm = ch < Dn
-        t = pl * BL + tl.arange(0, BL)
-        bias = tl.zeros([BD], tl.float32)
-        if HAS_BIAS: bias = tl.load(b_ptr + ch, mask=cm, other=0.0).to(tl.float32)
+        pb, pl, ch, cm, t, bias = _tile(b_ptr, Dn, BD, BL, HAS_BIAS)
         gx = tl.zeros([BD, BL], tl.float32)
         for k in tl.static_range(W):      # dx_t = sum_k w_k g_{t+W-1-k}
             wk = tl.load(w_ptr + ch * s_wd + k * s_wk, mask=cm, other=0.0).to(tl.float32)
