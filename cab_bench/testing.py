@@ -24,7 +24,7 @@ from .train import Stage, TrainConfig
 
 # %% auto #0
 __all__ = ['VISION_FAMILIES', 'LANGUAGE_FAMILIES', 'scratch_dir', 'tiny_pair', 'random_dataset', 'tiny_cfg', 'ToyDistill',
-           'toy_datasets', 'toy_stages']
+           'toy_datasets', 'toy_stages', 'use_triton_interpreter']
 
 # %% ../nbs/90_testing.ipynb #a1b2c3d6
 _SCRATCH:list = []          # [the process's scratch root], made on first use
@@ -142,3 +142,17 @@ def toy_stages(share:float=0.4)->list[Stage]:
     return [Stage("align", lambda n, p: n.startswith(("embed.", "bridge.", "A_log")), {"align": 1.0, "kd": 0.5},
                   share=share, until={"align": 0.5}),
             Stage("kd", lambda n, p: not n.startswith("bridge."), {"kd": 1.0, "ce": 0.5}, share=1 - share, lr_scale=0.5)]
+
+# %% ../nbs/90_testing.ipynb #221bbbe8
+def use_triton_interpreter()->bool:
+    "Without a CUDA device, run Triton kernels in its interpreter from here on (re-importing Triton if needed); whether it is on."
+    import os, sys
+    if torch.cuda.is_available(): return False
+    os.environ["TRITON_INTERPRET"] = "1"
+    tl = sys.modules.get("triton.language")
+    if tl is not None and type(getattr(tl, "sum", None)).__name__ != "InterpretedFunction":
+        ours = ("cab_bench.ops.triton_scan", "cab_bench.ops.triton_conv", "cab_bench.ops.fla_ssd")
+        for m in [m for m in sys.modules if ((m == "triton" or m.startswith("triton.")) and not m.startswith("triton._C"))
+                  or m in ours]:
+            del sys.modules[m]
+    return True
