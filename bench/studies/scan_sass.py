@@ -17,7 +17,8 @@ equal chunks (50 steps as 4 chunks of 16). An H200 issues at most about 1.05 T w
 4 schedulers x 1.98 GHz). Before equal chunks, the 'step' forward issued 68 M a call at the grid's shape and took
 0.068 ms in a CAB step (bench/results/profile_fashion_step_seq_h200.json): issue-bound. The backward issued 163 M and
 took 0.39 ms: issue is 40% of it, the rest waiting. So the counts are a proxy for time, not a time:
-`bench.studies.scan_tune` measures that on a GPU.
+`bench.studies.scan_tune` measures that on a GPU. The Triton causal conv's launches (`ops.triton_conv`) are counted
+the same way (one tile a program, no loops).
 
     python -m bench.studies.scan_sass --out bench/results/scan_sass_sm90.json
 """
@@ -57,20 +58,21 @@ class Recorder:
     def __getitem__(self, grid): return lambda *args, **kwargs: self.calls.append((self.fn, tuple(grid), args, kwargs))
 
 
-def capture(io:str, overrides:dict, student:str="vim_fashion", batch:int=2, seed:int=0)->list:
-    """The 'seq' kernel launches of one forward + backward of `student` under bf16 autocast, with `SCAN_SEQ_IO = io`
-    and `overrides` on SCAN_WIDE's settings: a list of (kernel, grid, args, kwargs), one per distinct argument layout."""
+def capture(io:str, overrides:dict, student:str="vim_fashion", batch:int=2, seed:int=0, conv:bool=False)->list:
+    """The 'seq' kernel launches (or with `conv`, the Triton causal conv's) of one forward + backward of `student` under
+    bf16 autocast, with `SCAN_SEQ_IO = io` and `overrides` on SCAN_WIDE's settings: a list of (kernel, grid, args,
+    kwargs), one per distinct argument layout."""
     import torch
     import cab_bench.ops.triton_conv as tc
     import cab_bench.ops.triton_scan as ts
     from cab_bench.models import create_student
     from cab_bench.ops import use_backend
-    calls, saved = [], {k: getattr(ts, k) for k in ("_ss_fwd_seq", "_ss_bwd_seq", "SCAN_WIDE", "SCAN_WIDE_ROWS")}
+    calls, conv_calls, saved = [], [], {k: getattr(ts, k) for k in ("_ss_fwd_seq", "_ss_bwd_seq", "SCAN_WIDE", "SCAN_WIDE_ROWS")}
     saved_conv = (tc._conv_fwd, tc._conv_bwd)
     env = os.environ.get("TRITON_INTERPRET")
     try:
         ts._ss_fwd_seq, ts._ss_bwd_seq = Recorder(saved["_ss_fwd_seq"], calls), Recorder(saved["_ss_bwd_seq"], calls)
-        tc._conv_fwd, tc._conv_bwd = Recorder(saved_conv[0], []), Recorder(saved_conv[1], [])
+        tc._conv_fwd, tc._conv_bwd = Recorder(saved_conv[0], conv_calls), Recorder(saved_conv[1], conv_calls)
         ts.SCAN_WIDE = dict(saved["SCAN_WIDE"], SCAN_SEQ_IO=io, **overrides)
         ts.SCAN_WIDE_ROWS = 1                 # the small captured batch takes the grid batch's settings
         os.environ["TRITON_INTERPRET"] = "1"  # lets the dispatcher take the Triton path on a CPU; the kernels stay JIT ones
@@ -85,7 +87,7 @@ def capture(io:str, overrides:dict, student:str="vim_fashion", batch:int=2, seed
         if env is None: os.environ.pop("TRITON_INTERPRET", None)
         else: os.environ["TRITON_INTERPRET"] = env
     seen, unique = set(), []
-    for fn, grid, args, kwargs in calls:      # every layer launches the same few: keep one of each argument layout
+    for fn, grid, args, kwargs in (conv_calls if conv else calls):      # every layer launches the same few: keep one of each argument layout
         key = (fn.__name__, grid) + tuple((a.dtype, a.stride(), a.data_ptr() % 16) if hasattr(a, "stride") else a for a in args)
         if key not in seen: seen.add(key); unique.append((fn, grid, args, kwargs))
     return unique
@@ -165,6 +167,17 @@ def analyse(fn, grid, args, kwargs, T_forced:int|None=None, batch:int=2, at_batc
                 compile_s=round(time.time() - t0, 2))
 
 
+def analyse_conv(fn, grid, args, kwargs, batch:int=2, at_batch:int=128)->dict:
+    "A Triton conv launch (no loops: one tile a program): its instructions, registers and warp-instructions a call."
+    k = compile_call(fn, args, kwargs)
+    ins, _ = sass_loops(k.asm["cubin"])
+    programs = grid[0] * at_batch // batch * grid[1] * grid[2]
+    warps = kwargs.get("num_warps", 4)
+    return dict(kernel=fn.__name__, x_strides=list(args[0].stride()), BD=kwargs["BD"], BL=kwargs["BL"], warps=warps,
+                program=mix(ins), **resources(k.asm["cubin"]), programs=programs,
+                warp_instructions=programs * warps * len(ins), hash=k.hash)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -187,7 +200,16 @@ def main(argv=None):
                   f"step loops {[s['total'] for s in r['step_loops']]}, chunk overhead {r['chunk_overhead']}, "
                   f"{r.get('registers')} regs, {r.get('stack_bytes')} B stack: {r['warp_instructions'] / 1e6:.1f} M warp-instr a call",
                   flush=True)
-    write_json(a.out, dict(study="scan_sass", target="sm_90 (compiled here, not run)", precision="bf16 autocast",
+    convs = []
+    for student in ([] if a.smoke else students):     # the Triton causal conv at the student's own layout
+        for fn, grid, args, kwargs in capture("step", {}, student, conv=True):
+            r = dict(student=student, batch=STUDENTS[student], **analyse_conv(fn, grid, args, kwargs, at_batch=STUDENTS[student]))
+            if any(q["student"] == student and q["hash"] == r["hash"] for q in convs): continue
+            convs.append(r)
+            print(f"{student:20s} conv {r['kernel']:10s} x strides {r['x_strides']}, {r['BD']}x{r['BL']} tiles, {r['warps']} warps, "
+                  f"{r['program']['total']} instructions a warp, {r.get('registers')} regs, {r.get('stack_bytes')} B stack: "
+                  f"{r['warp_instructions'] / 1e6:.1f} M warp-instr a call", flush=True)
+    write_json(a.out, dict(study="scan_sass", convs=convs, target="sm_90 (compiled here, not run)", precision="bf16 autocast",
                            environment=environment(), seconds=round(time.time() - t0, 1), rows=rows))
 
 
