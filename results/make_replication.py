@@ -12,8 +12,10 @@ paired t-test), and a verdict by rules fixed here before the runs were made:
 """
 from __future__ import annotations
 
+import functools
 import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,13 +27,21 @@ ALPHA = 0.05
 EQUAL_MARGIN = 1.0        # top-1 points: "about equal" claims (B only / C only / shared bridge vs CAB)
 
 
+@functools.cache
+def full_commit(c:str)->str:
+    "A record's commit as the full hash where this checkout knows it (some records name an abbreviated one), else as given."
+    try: r = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{c}^{{commit}}"], cwd=HERE, capture_output=True, text=True)
+    except OSError: return c                                         # no git here
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else c
+
+
 def load_records(records:Path=RECORDS)->list[dict]:
     "Every record, as the sweep helpers expect: method (the cell's label), data_frac, seed, metrics."
     out = []
     for p in sorted(records.glob("*.json")):
         r = json.loads(p.read_text())
         out.append(dict(method=r["label"], data_frac=r["config"]["data_frac"], seed=r["config"]["seed"], part=r["part"],
-                        metrics=r["metrics"], commit=r["commit"], machine=r["machine"], file=p.name, config=r["config"]))
+                        metrics=r["metrics"], commit=full_commit(r["commit"]), machine=r["machine"], file=p.name, config=r["config"]))
     return out
 
 
