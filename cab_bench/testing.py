@@ -143,7 +143,7 @@ def toy_stages(share:float=0.4)->list[Stage]:
                   share=share, until={"align": 0.5}),
             Stage("kd", lambda n, p: not n.startswith("bridge."), {"kd": 1.0, "ce": 0.5}, share=1 - share, lr_scale=0.5)]
 
-# %% ../nbs/90_testing.ipynb #221bbbe8
+# %% ../nbs/90_testing.ipynb #744f136f
 def use_triton_interpreter()->bool:
     "Without a CUDA device, run Triton kernels in its interpreter from here on (re-importing Triton if needed); whether it is on."
     import os, sys
