@@ -68,11 +68,11 @@ def capture(io:str, overrides:dict, student:str="vim_fashion", batch:int=2, seed
     from cab_bench.models import create_student
     from cab_bench.ops import use_backend
     calls, conv_calls, saved = [], [], {k: getattr(ts, k) for k in ("_ss_fwd_seq", "_ss_bwd_seq", "SCAN_WIDE", "SCAN_WIDE_ROWS")}
-    saved_conv = (tc._conv_fwd, tc._conv_bwd)
+    saved_conv = {k: getattr(tc, k) for k in ("_conv_fwd", "_conv_bwd_g", "_conv_bwd_dx")}
     env = os.environ.get("TRITON_INTERPRET")
     try:
         ts._ss_fwd_seq, ts._ss_bwd_seq = Recorder(saved["_ss_fwd_seq"], calls), Recorder(saved["_ss_bwd_seq"], calls)
-        tc._conv_fwd, tc._conv_bwd = Recorder(saved_conv[0], conv_calls), Recorder(saved_conv[1], conv_calls)
+        for k, v in saved_conv.items(): setattr(tc, k, Recorder(v, conv_calls))
         ts.SCAN_WIDE = dict(saved["SCAN_WIDE"], SCAN_SEQ_IO=io, **overrides)
         ts.SCAN_WIDE_ROWS = 1                 # the small captured batch takes the grid batch's settings
         os.environ["TRITON_INTERPRET"] = "1"  # lets the dispatcher take the Triton path on a CPU; the kernels stay JIT ones
@@ -83,7 +83,7 @@ def capture(io:str, overrides:dict, student:str="vim_fashion", batch:int=2, seed
         out.logits.float().sum().backward()
     finally:
         for k, v in saved.items(): setattr(ts, k, v)
-        tc._conv_fwd, tc._conv_bwd = saved_conv
+        for k, v in saved_conv.items(): setattr(tc, k, v)
         if env is None: os.environ.pop("TRITON_INTERPRET", None)
         else: os.environ["TRITON_INTERPRET"] = env
     seen, unique = set(), []
@@ -173,7 +173,8 @@ def analyse_conv(fn, grid, args, kwargs, batch:int=2, at_batch:int=128)->dict:
     ins, _ = sass_loops(k.asm["cubin"])
     programs = grid[0] * at_batch // batch * grid[1] * grid[2]
     warps = kwargs.get("num_warps", 4)
-    return dict(kernel=fn.__name__, x_strides=list(args[0].stride()), BD=kwargs["BD"], BL=kwargs["BL"], warps=warps,
+    return dict(kernel=fn.__name__, in_strides=list(args[1 if fn.__name__ == "_conv_bwd_dx" else 0].stride()),
+                BD=kwargs["BD"], BL=kwargs["BL"], warps=warps,
                 program=mix(ins), **resources(k.asm["cubin"]), programs=programs,
                 warp_instructions=programs * warps * len(ins), hash=k.hash)
 
@@ -206,7 +207,7 @@ def main(argv=None):
             r = dict(student=student, batch=STUDENTS[student], **analyse_conv(fn, grid, args, kwargs, at_batch=STUDENTS[student]))
             if any(q["student"] == student and q["hash"] == r["hash"] for q in convs): continue
             convs.append(r)
-            print(f"{student:20s} conv {r['kernel']:10s} x strides {r['x_strides']}, {r['BD']}x{r['BL']} tiles, {r['warps']} warps, "
+            print(f"{student:20s} conv {r['kernel']:12s} input strides {r['in_strides']}, {r['BD']}x{r['BL']} tiles, {r['warps']} warps, "
                   f"{r['program']['total']} instructions a warp, {r.get('registers')} regs, {r.get('stack_bytes')} B stack: "
                   f"{r['warp_instructions'] / 1e6:.1f} M warp-instr a call", flush=True)
     write_json(a.out, dict(study="scan_sass", convs=convs, target="sm_90 (compiled here, not run)", precision="bf16 autocast",
