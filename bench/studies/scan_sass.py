@@ -13,10 +13,10 @@ vim_fashion at 128, and Vim-Tiny at ENV.md's 64):
     programs x warps x chunks x (chunk overhead + steps a chunk x instructions a step)
 
 for each way a step gets its values (`SCAN_SEQ_IO`: 'step' or 'staged'), and for 'step' also at the chunking before
-equal chunks (50 steps as 4 chunks of 16). An H200 issues at most about 1.05 T warp-instructions a second (132 SMs x
-4 schedulers x 1.98 GHz). Before equal chunks, the 'step' forward issued 68 M a call at the grid's shape and took
-0.068 ms in a CAB step (bench/results/profile_fashion_step_seq_h200.json): issue-bound. The backward issued 163 M and
-took 0.39 ms: issue is 40% of it, the rest waiting. So the counts are a proxy for time, not a time:
+equal chunks (50 steps as 4 chunks of 16) and at the settings the CAB step was profiled with on an H200 (32 channels
+and 1 warp a program both ways; bench/results/profile_fashion_step_seq_h200.json: 0.068 ms forward, 0.39 ms backward
+a call). An H200 issues at most about 1.05 T warp-instructions a second (132 SMs x 4 schedulers x 1.98 GHz), so the
+profiled calls' counts say how much of their time issue alone explains. The counts are a proxy for time, not a time:
 `bench.studies.scan_tune` measures that on a GPU. The Triton causal conv's launches (`ops.triton_conv`) are counted
 the same way (one tile a program, no loops).
 
@@ -39,7 +39,8 @@ STUDENTS = {"vim_fashion": 128, "vim_tiny_patch16_224": 64}   # student: the bat
 KINDS = ("LDG", "STG", "LDS", "STS", "SHFL", "BAR", "MUFU", "LDL", "STL", "ATOMG", "RED")
 # (label, SCAN_SEQ_IO, overrides of the 'seq' settings SCAN_WIDE applies, the chunk length forced, or None: the
 # dispatcher's equal chunks)
-CASES = [("step, chunks of 16 (before)", "step", {}, 16), ("step", "step", {}, None), ("staged", "staged", {}, None),
+CASES = [("step, profiled settings (before)", "step", dict(SCAN_BD_MAX=32, SCAN_WARPS=1, SCAN_BWD_BD_MAX=32, SCAN_WARPS_BWD=1), 16),
+         ("step, chunks of 16 (before)", "step", {}, 16), ("step", "step", {}, None), ("staged", "staged", {}, None),
          ("staged, forward 1 warp", "staged", dict(SCAN_WARPS=1), None),
          ("staged, backward 2 warps", "staged", dict(SCAN_WARPS_BWD=2), None)]
 
