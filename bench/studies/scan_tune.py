@@ -129,7 +129,10 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None, only:str|Non
                                 SCAN_BWD=b["SCAN_BWD"], SCAN_BWD_BD_MAX=b.get("SCAN_BWD_BD_MAX"), SCAN_WARPS_BWD=b["SCAN_WARPS_BWD"],
                                 SCAN_SEQ_IO=io(b),
                                 fwd_ms=f["ms"], bwd_ms=bwd_ms, fwd_bwd_ms=f["ms"] + bwd_ms))
-        best = min(est, key=lambda r: r["fwd_bwd_ms"]) if est else None
+        # a backward whose fwd_bwd time came out below its forward's alone is below the timing noise: listed, not ranked
+        for e in est: e["below_noise"] = e["bwd_ms"] <= 0
+        ranked = [e for e in est if not e["below_noise"]]
+        best = min(ranked, key=lambda r: r["fwd_bwd_ms"]) if ranked else None
         default = next((r["ms"] for r in ok if r["kind"] == "fwd_bwd" and all(r.get(k, saved[k]) == saved[k] for k in saved)), None)
         return dict(shape=dict(zip(("batch", "d", "L", "N", "dt_rank"), shape)), grid=grid, rows=rows, estimates=est, best=best,
                     default_fwd_bwd_ms=default)
