@@ -405,6 +405,33 @@ def progress_rows(results)->list:
     return rows
 
 
+def _sig_text(sig:dict|None)->str:
+    "A kernel signature (`bench.studies.replication.kernel_signature`) in a few words."
+    if sig is None: return "not recorded"
+    scan = f"scan {sig['selective_scan']}"
+    if sig["selective_scan"] == "triton":
+        w = (sig.get("launch") or {}).get("wide")
+        scan += (f" (many rows: {w['SCAN_FWD']}/{w['SCAN_BWD']} kernels, chunks <= {w['SCAN_T']}, I/O {w['SCAN_SEQ_IO']})"
+                 if w else " (launch settings not recorded)")
+    return f"{scan}; conv {sig['causal_conv1d']}; SSD {sig['ssd_scan']}"
+
+
+def kernel_rows(results)->list:
+    """Per part: each set of kernels its records ran with (the ops' paths and the Triton scan's settings for the grid's
+    shapes), with how many records and which commits; 'mixed' where a part has more than one."""
+    if str(HERE.parent) not in sys.path: sys.path.insert(0, str(HERE.parent))      # the repository root holds `bench`
+    from bench.studies.replication import kernel_signature
+    rows = []
+    for part in sorted({r["part"] for r in results}):
+        groups = {}
+        for r in (r for r in results if r["part"] == part):
+            groups.setdefault(_sig_text(kernel_signature(r["metrics"].get("backend_report"))), []).append(r)
+        for text, rs in sorted(groups.items()):
+            rows.append([part, text, str(len(rs)), ", ".join(sorted({r["commit"][:10] for r in rs})),
+                         "one set" if len(groups) == 1 else "mixed"])
+    return rows
+
+
 def main(records:Path=RECORDS, out:Path=HERE)->dict:
     "Write REPLICATION.md, replication.json and replication/figures/ under `out` from the records; returns the JSON."
     results = load_records(records)
@@ -481,6 +508,15 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
                   "| part | records | commits | machines | precision | summed run time (h) | GPU time held (h) |",
                   "|---|---|---|---|---|---|---|"]
         lines += ["| " + " | ".join(row) + " |" for row in prov]
+    krows = kernel_rows(results)
+    if krows:
+        lines += ["", "## Kernels", "", "Which implementation each sequence op took in each part's runs (from each record's "
+                  "`backend_report`). The kernels compute the same functions but round differently (summation order; "
+                  "float32 or bf16 conv taps), and a run that rounds differently can end at a different accuracy, so a "
+                  "part's remaining cells repeat the kernels its records name (the runner pins them). Records from before the scan's "
+                  "launch settings were recorded name only the paths.", "",
+                  "| part | kernels | records | commits | within the part |", "|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in krows]
     if figs:
         lines += ["", "## Figures", ""] + [f"![{f}](replication/figures/{f})" for f in figs]
     out.mkdir(parents=True, exist_ok=True)
@@ -489,7 +525,8 @@ def main(records:Path=RECORDS, out:Path=HERE)->dict:
               figures=figs, provenance=[dict(zip(("part", "records", "commits", "machines", "precision", "run_hours",
                                                   "gpu_hours_held"), row))
                                         for row in prov],
-              progress=[dict(zip(("part", "planned", "recorded", "to_run"), row)) for row in prog])
+              progress=[dict(zip(("part", "planned", "recorded", "to_run"), row)) for row in prog],
+              kernels=[dict(zip(("part", "kernels", "records", "commits", "part_is"), row)) for row in krows])
     (out / "replication.json").write_text(json.dumps(js, indent=1, default=str))
     print(f"wrote {out / 'REPLICATION.md'} from {len(results)} records")
     return js

@@ -382,13 +382,15 @@ def test_scan_sass_script(tmp_path):
 
 
 def test_profile_fashion_step_seq_io_switch():
-    "A '+staged' backend entry gives the grid's scan shape the staged 'seq' kernels inside its block, and only there."
+    "A '+staged' or '+step' backend entry gives the grid's scan shape that way of the 'seq' kernels inside its block, and only there."
     from bench.studies.profile_fashion_step import seq_io
     import cab_bench.ops.triton_scan as ts
-    before = ts.launch_settings(50, 128 * 384)
-    with seq_io("staged"):
-        assert ts.launch_settings(50, 128 * 384)["SCAN_SEQ_IO"] == "staged"
-        assert ts.launch_settings(50, 128 * 384)["SCAN_FWD"] == before["SCAN_FWD"] == "seq"
-    assert ts.launch_settings(50, 128 * 384) == before
+    before, before_narrow = ts.launch_settings(50, 128 * 384), ts.launch_settings(50, 8)["SCAN_SEQ_IO"]
+    for io in ("staged", "step"):
+        with seq_io(io):
+            assert ts.launch_settings(50, 128 * 384)["SCAN_SEQ_IO"] == io
+            assert ts.launch_settings(50, 128 * 384)["SCAN_FWD"] == before["SCAN_FWD"] == "seq"
+            assert ts.launch_settings(50, 8)["SCAN_SEQ_IO"] == before_narrow   # only the many-row settings change
+        assert ts.launch_settings(50, 128 * 384) == before
     with pytest.raises(SystemExit, match="'\\+chunk' not allowed"):
         with seq_io("chunk"): pass

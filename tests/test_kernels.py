@@ -197,6 +197,7 @@ def test_auto_prefers_build_free_paths():
         assert r["ssd_scan"]["path"] == "triton" and "backward" in r["ssd_scan"], r["ssd_scan"]
     want = "cuda" if kernel("selective_scan")[0] else "triton"
     assert r["selective_scan"]["path"] == want
+    assert r["causal_conv1d"]["path"] == ("cuda" if kernel("causal_conv1d")[0] else "triton"), r["causal_conv1d"]
     if want == "triton":   # the record says which Triton kernels the scans get
         assert r["selective_scan"]["launch"]["wide"]["SCAN_FWD"] in ("tiles", "states", "seq"), r["selective_scan"]
     x = random_scan_inputs(device=DEV, dtype=torch.float32)
@@ -212,7 +213,7 @@ def test_triton_conv_matches_reference(case, dtype):
     """The Triton causal conv against the float64 definition on the GPU: output, final states and the gradients of x,
     weight and bias; with and without bias and SiLU, widths 2-4, lengths off the tile and shorter than the conv,
     channel-first and channel-contiguous (Mamba-2's transposed view) inputs; through `causal_conv1d(backend='triton')`.
-    `auto` keeps PyTorch's path until the kernel is timed (`auto_refusal`)."""
+    Without causal-conv1d, `auto` takes it on CUDA tensors."""
     need_triton("causal_conv1d")
     from cab_bench.ops import causal_conv1d, causal_conv1d_ref
     b, d, l, W, bias, act, last = [(2, 384, 50, 4, True, "silu", False), (3, 1664, 512, 4, True, "silu", True),
@@ -233,7 +234,8 @@ def test_triton_conv_matches_reference(case, dtype):
     assert rel(y, y0) < tol and rel(fs, fs0) < tol
     for p, q, name in zip(a, r, ("x", "weight", "bias")):
         if p is not None: assert rel(p.grad, q.grad) < 10 * tol, (name, rel(p.grad, q.grad))
-    assert backend_report("cuda")["causal_conv1d"]["path"] in ("cuda", "chunked")     # auto: not yet the Triton conv
+    want = "cuda" if kernel("causal_conv1d")[0] else "triton"                 # auto: causal-conv1d first, then ours
+    assert backend_report("cuda")["causal_conv1d"]["path"] == want
 
 
 @pytest.mark.cuda

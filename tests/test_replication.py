@@ -200,3 +200,47 @@ def test_cells_with_a_committed_record_count_as_finished(tmp_path, capsys):
     assert f"18 cells, {n} finished" in capsys.readouterr().out
     rep.run_part("V10", tmp_path, workers=1, fashion=None, limit=0, recorded=None)
     assert "18 cells, 0 finished" in capsys.readouterr().out
+
+
+def _report(scan_path="triton", conv="chunked", launch=None):
+    "A record's backend_report as the trainer writes it (only what the kernel signature reads)."
+    r = {"selective_scan": {"path": scan_path}, "causal_conv1d": {"path": conv}, "ssd_scan": {"path": "chunked"}}
+    if launch is not None: r["selective_scan"]["launch"] = launch
+    return r
+
+
+def test_begun_parts_pin_the_kernels_their_records_name(tmp_path):
+    """The runner makes a part's remaining cells take the kernels most of its records name: a fresh process with the
+    pinned environment reports exactly those paths and scan launch settings, whatever the package's defaults are now."""
+    import cab_bench.ops.triton_scan as ts
+    launch = ts.launch_report()
+    launch["default"]["SCAN_T"] = 8
+    launch["wide"] = dict(launch["wide"], SCAN_SEQ_IO="step", from_rows=4096, SCAN_BD_MAX=4)
+    launch["long"] = dict(launch["long"], from_L=2048)
+    recs = [dict(part="VX", metrics=dict(backend_report=_report(launch=launch))) for _ in range(2)]
+    recs.append(dict(part="VX", metrics=dict(backend_report=_report(launch=None))))       # before launch settings were kept
+    sig, note = rep.part_signature(recs)
+    assert sig == rep.kernel_signature(_report(launch=launch)) and "2 of 3 records" in note and "mixed" in note
+    env = rep.pin_env(sig)
+    code = ("import json, cab_bench.ops.backend as b, cab_bench.ops.triton_scan as t; "
+            "print(json.dumps(dict(conv=b.default_backend('causal_conv1d'), scan=b.default_backend('selective_scan'), launch=t.launch_report())))")
+    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, **env}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert (got["conv"], got["scan"]) == ("chunked", "triton")
+    assert rep.kernel_signature(_report(launch=got["launch"])) == sig                     # every setting as recorded
+    # a record that names no settings pins only the paths, and says so; no records: nothing is pinned
+    sig, note = rep.part_signature(recs[2:])
+    assert sig == {"selective_scan": "triton", "causal_conv1d": "chunked", "ssd_scan": "chunked", "launch": None}
+    assert "not recorded" in note and set(rep.pin_env(sig)) == {"CAB_BENCH_BACKENDS"}
+    assert rep.part_signature([]) == (None, "no record of this part says its kernels: the current defaults run")
+    # a record's 'wide' settings from before SCAN_SEQ_IO existed read as 'step', the only way there was then
+    old = {k: {x: y for x, y in v.items() if x != "SCAN_SEQ_IO"} for k, v in launch.items()}
+    assert rep.kernel_signature(_report(launch=old))["launch"]["wide"]["SCAN_SEQ_IO"] == "step"
+    # parts that would pin different kernels cannot share a pool
+    d = tmp_path / "records"; d.mkdir()
+    (d / "a.json").write_text(json.dumps(dict(part="V01", metrics=dict(backend_report=_report(conv="chunked")))))
+    (d / "b.json").write_text(json.dumps(dict(part="V05", metrics=dict(backend_report=_report(conv="triton")))))
+    env, lines = rep.pins_for(["V01"], d)
+    assert json.loads(env["CAB_BENCH_BACKENDS"])["causal_conv1d"] == "chunked" and lines[0].startswith("kernels of part V01: 1 of 1")
+    with pytest.raises(ValueError, match="would pin different kernels"): rep.pins_for(["V01", "V05"], d)

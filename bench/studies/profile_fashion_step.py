@@ -7,15 +7,16 @@ main stage (the trainer's own `train_step`) for each scan backend, and writes a 
 call counts per kernel, and the CPU total) of each timed step, so that the note on speed can say where the time goes.
 A single process's step is bound by the CPU issuing kernels; the grid runs several at once and is bound by the GPU,
 so the profile's kernel time a step (`profiles[...]['kernel_ms']`) is the number that sets the grid's throughput.
-A backend entry may end in `+staged`: the 'seq' scan kernels then get a step's values staged once a chunk
-(`SCAN_SEQ_IO = 'staged'`); `triton` also takes the Triton causal conv, which `auto` does not yet.
+A backend entry may end in `+staged` or `+step`: the 'seq' scan kernels then get a step's values staged once a
+chunk, or column by column (`SCAN_SEQ_IO`; `SCAN_WIDE` stages by default). `triton` takes every Triton path; `auto`
+takes the Triton conv too where causal-conv1d is absent, `chunked` none.
 MOHAWK's matrix orientation (every layer's transfer matrices averaged per head, with gradient) is timed as a step,
 and the matrix alone (forward + backward of one direction of one layer at the grid's shape) each way: the per-head
 block factorisation (`head_scan_matrix`, eager at the block sizes `--blocks` names, and compiled at Q 4, which takes
 minutes to compile) and the mean of the per-channel matrices it replaced (`selective_scan_matrix`, compiled).
 
     python -m bench.studies.profile_fashion_step --out bench/results/profile_fashion_step_h200.json
-    python -m bench.studies.profile_fashion_step --only steps --stages cab,soft_kd --backends auto,auto+staged,triton+staged
+    python -m bench.studies.profile_fashion_step --only steps --stages cab,soft_kd --backends auto,auto+step,chunked
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="comma-separated: matrix, steps (default both)")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated steps to time (of {', '.join(STAGES)})")
     ap.add_argument("--backends", default="auto,chunked",
-                    help="comma-separated backends for the steps, each optionally ending in +staged (SCAN_SEQ_IO)")
+                    help="comma-separated backends for the steps, each optionally ending in +staged or +step (SCAN_SEQ_IO)")
     ap.add_argument("--no_compiled", action="store_true", help="matrix: only the eager block path (the compiles take minutes)")
     a = ap.parse_args(argv)
     only = set(a.only.split(",")) if a.only else {"matrix", "steps"}

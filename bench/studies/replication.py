@@ -14,6 +14,12 @@ which `results/make_replication.py` writes `results/REPLICATION.md`.
 
 Cells with a committed record (`results/replication/records/`) count as finished (`--rerun_recorded` runs them again).
 
+A part that has records runs its other cells with the kernels those records name (`pins_for`: each op's path and the
+Triton scan's launch settings, through `CAB_BENCH_BACKENDS` and `CAB_BENCH_SCAN*`), so that a change of the package's
+defaults between two calls does not split one table between two sets of kernels; `--no_pin` runs today's defaults.
+Records from before the launch settings were recorded pin the paths only, and `results/REPLICATION.md` lists each
+part's kernels.
+
 Like-for-like: the stage of every method that trains on the end task uses the same loss terms and weights
 (vision: KL at tau=1 with weight 1, no label CE, as in the CAB paper's vision recipe; language: KL 1 + CE 1), so
 methods differ only in what they add (an alignment stage, an initialisation, an orientation stage, a Hedgehog stage).
@@ -192,7 +198,8 @@ def _done_frac(run_dir:Path, max_steps:int)->float:
 
 
 def _worker(args):
-    cfg, log, gpu, t_start, deadline, est, slim = args
+    cfg, log, gpu, t_start, deadline, est, slim, env = args
+    os.environ.update(env)         # the pinned kernels (`pins_for`): before cab_bench is imported in this process
     if gpu is not None: os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)      # before torch is imported in this process
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     signal.signal(signal.SIGTERM, _stop_now)     # train() replaces it while training (checkpoint at the step, then stop)
@@ -225,6 +232,73 @@ def _worker(args):
         return dict(run_name=cfg["run_name"], ok=False, seconds=time.time() - t0, error=f"{type(e).__name__}: {e}", gpu=gpu)
 
 
+PINNED_OPS = ("selective_scan", "causal_conv1d", "ssd_scan")   # the ops whose path a begun part keeps
+_LAUNCH_PARTS = (("default", None, "CAB_BENCH_SCAN"), ("wide", "from_rows", "CAB_BENCH_SCAN_WIDE"),
+                 ("long", "from_L", "CAB_BENCH_SCAN_LONG"))
+
+
+def kernel_signature(report:dict|None)->dict|None:
+    """What of a run's `backend_report` decides its numbers beyond its configuration and code: each op's path and, where
+    the Triton scan served, its launch settings (`launch` None: the record predates their recording). None: no report.
+    Settings a record leaves out take the values they had before they existed (`SCAN_SEQ_IO` 'step')."""
+    if not report: return None
+    sig = {op: (report.get(op) or {}).get("path") for op in PINNED_OPS}
+    if sig["selective_scan"] == "triton":
+        launch = (report.get("selective_scan") or {}).get("launch")
+        if launch:
+            io = launch.get("default", {}).get("SCAN_SEQ_IO", "step")
+            launch = {k: dict({"SCAN_SEQ_IO": io}, **(launch.get(k) or {})) for k, _, _ in _LAUNCH_PARTS}
+        sig["launch"] = launch
+    return sig
+
+
+def part_signature(records:list)->tuple[dict|None, str]:
+    """The kernel signature a part's remaining cells should repeat, from its records (`kernel_signature` of each),
+    and a line saying what was found: the most common signature (its launch settings only where recorded)."""
+    sigs = [kernel_signature((r.get("metrics") or {}).get("backend_report")) for r in records]
+    known = [x for x in sigs if x is not None]
+    if not known: return None, "no record of this part says its kernels: the current defaults run"
+    keys = [json.dumps(x, sort_keys=True) for x in known]
+    best = max(set(keys), key=keys.count)
+    pin = json.loads(best)
+    note = f"{keys.count(best)} of {len(records)} records"
+    if len(set(keys)) > 1: note += f" ({len(set(keys))} different signatures among the others: the part is mixed)"
+    if pin.get("selective_scan") == "triton" and not pin.get("launch"):
+        note += "; their scan launch settings were not recorded, so the scan runs with today's"
+    return pin, note
+
+
+def pin_env(sig:dict|None)->dict:
+    """Environment variables that make a process take `sig`'s paths (`CAB_BENCH_BACKENDS`) and the Triton scan's
+    recorded launch settings (`CAB_BENCH_SCAN`, `..._WIDE`, `..._LONG`); {} for None."""
+    if not sig: return {}
+    env = {"CAB_BENCH_BACKENDS": json.dumps({op: sig[op] for op in PINNED_OPS if sig.get(op)}, sort_keys=True)}
+    for part, key, var in _LAUNCH_PARTS if sig.get("launch") else ():
+        d = dict(sig["launch"][part])
+        if key:
+            d[key] = d.get(key) if d.get(key) is not None else 2 ** 62      # None (never) as a threshold no run reaches
+        env[var] = json.dumps(d, sort_keys=True)
+    return env
+
+
+def pins_for(names:list, recorded:Path|None)->tuple[dict, list]:
+    """The pinned environment for a call that runs parts `names` (the records under `recorded`), and a line per part.
+    Parts that would pin different kernels cannot share one pool of workers."""
+    envs, lines = {}, []
+    for n in names:
+        recs = []
+        if recorded is not None and recorded.is_dir():
+            recs = [json.loads(p.read_text()) for p in sorted(recorded.glob("*.json"))]
+            recs = [r for r in recs if r.get("part") == n]
+        sig, note = part_signature(recs)
+        envs[n] = pin_env(sig)
+        lines.append(f"kernels of part {n}: {note}" + (f"; pinned {envs[n]}" if envs[n] else ""))
+    distinct = {json.dumps(e, sort_keys=True) for e in envs.values()}
+    if len(distinct) > 1:
+        raise ValueError(f"part: {','.join(names)} would pin different kernels ({'; '.join(lines)}); run these parts in separate calls")
+    return (next(iter(envs.values())) if envs else {}), lines
+
+
 def _gpu_count()->int:
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True).stdout
@@ -234,13 +308,15 @@ def _gpu_count()->int:
 
 def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=None, max_steps:int|None=None,
              gpus:int|None=None, deadline:float|None=None, est:float|None=None, slim:bool=True, labels=None,
-             budget:float|None=None, recorded:Path|None=RECORDS)->list:
+             budget:float|None=None, recorded:Path|None=RECORDS, pin:bool=True)->list:
     """Run a part's cells (`name`: a part, or several comma-separated) that have no metrics.json yet, `workers` processes at once, spread over `gpus` GPUs.
     A cell whose record is in `recorded` (the committed records; None: none) counts as finished, so that a fresh
     machine, whose `out` holds nothing yet, does not run it again. `max_steps` shortens every cell (a throughput probe: its runs are named `...-probe<N>` and are not grid cells).
     With `deadline` (seconds from now) and `est` (seconds a whole cell takes), a cell is started only if what is left of
     it (after its newest checkpoint) can finish. On SIGTERM the running cells checkpoint at their step and end, and the
-    cells not yet started are left; the next call resumes them. `budget` (seconds) sends that stop itself."""
+    cells not yet started are left; the next call resumes them. `budget` (seconds) sends that stop itself.
+    With `pin`, a part that has records runs its other cells with the kernels those records name (`pins_for`), so that
+    a change of the package's defaults does not split a table between two sets of kernels."""
     t_start = time.time()
     grid = parts()
     names = name.split(",")                 # several parts at once share one pool of workers
@@ -253,11 +329,15 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
     missing = [c for c in cells if not (out / c["config"]["run_name"] / "metrics.json").exists()
                and not (recorded is not None and max_steps is None and (recorded / f"{c['config']['run_name']}.json").exists())]
     todo = missing[:limit]
+    env = {}
+    if pin:          # begun parts repeat the kernels their records name (paths, scan launch settings), in the workers
+        env, lines = pins_for(names, recorded if recorded is not None else RECORDS)
+        for line in lines: print(line, flush=True)
     ngpu = _gpu_count() if gpus is None else gpus
     print(f"part {name}: {len(cells)} cells, {len(cells) - len(missing)} finished, running {len(todo)} with {workers} workers"
           f" on {ngpu or 'no'} GPU(s)", flush=True)
     jobs = [(_with_data(c, out, fashion), str(out / "_logs" / f"{c['config']['run_name']}.log"),
-             (i % ngpu) if ngpu else None, t_start, deadline, est, slim) for i, c in enumerate(todo)]
+             (i % ngpu) if ngpu else None, t_start, deadline, est, slim, env) for i, c in enumerate(todo)]
     # each worker's share of the cores for torch's CPU threads, unless OMP_NUM_THREADS is set already: one thread per
     # core in every worker oversubscribes the machine many times over (spinning OpenMP threads slow the Python threads
     # that launch the GPU's kernels). The spawned workers inherit it; CPU results can depend on it, GPU ones do not.
@@ -379,6 +459,7 @@ def main(argv=None):
     r.add_argument("--budget", type=float, default=None, help="seconds after which running cells checkpoint and stop (as on SIGTERM)")
     r.add_argument("--records", type=Path, default=None, help="afterwards, collect the finished cells into this folder")
     r.add_argument("--commit", default=None, help="the commit to record (default: git's HEAD, else $CAB_BENCH_COMMIT)")
+    r.add_argument("--no_pin", action="store_true", help="run with the current kernel defaults even where a part's records name others")
     c = sub.add_parser("collect", help="compact finished runs into results/replication/records/")
     c.add_argument("--out", type=Path, default=ROOT / "runs" / "replication")
     c.add_argument("--records", type=Path, default=RECORDS)
@@ -391,7 +472,7 @@ def main(argv=None):
     elif a.cmd == "run":
         res = run_part(a.part, a.out, a.workers, a.fashion, a.limit, a.max_steps, a.gpus, a.deadline, a.est,
                        not a.keep_ckpts, a.labels.split(',') if a.labels else None, a.budget,
-                       None if a.rerun_recorded else RECORDS)
+                       None if a.rerun_recorded else RECORDS, pin=not a.no_pin)
         bad, skipped = [x for x in res if x["ok"] is False], [x for x in res if x["ok"] is None]
         print(f"{len(res) - len(bad) - len(skipped)} finished, {len(bad)} failed, {len(skipped)} left for later"
               f" ({sum(x['why'].startswith('stopped at') for x in skipped)} of them stopped with a checkpoint)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import json
 import os
 from typing import Callable
 
@@ -16,8 +17,8 @@ import torch
 from ..core import CabError, bad_value, check_choice, check_range
 
 # %% auto #0
-__all__ = ['BACKENDS', 'KERNELS', 'TRITON_PATHS', 'AUTO_ORDER', 'auto_refusal', 'kernel', 'triton_path', 'use_backend',
-           'compile_default', 'chunk_elems_default', 'use_ops', 'pick_backend', 'backend_report']
+__all__ = ['BACKENDS', 'KERNELS', 'TRITON_PATHS', 'AUTO_ORDER', 'auto_refusal', 'kernel', 'triton_path', 'default_backend',
+           'use_backend', 'compile_default', 'chunk_elems_default', 'use_ops', 'pick_backend', 'backend_report']
 
 # %% ../../nbs/10_ops.backend.ipynb #2cdcd416
 BACKENDS = ("auto", "ref", "chunked", "cuda", "triton")
@@ -43,9 +44,6 @@ AUTO_ORDER = ("cuda", "triton")
 
 def auto_refusal(op:str, device:torch.device)->str:
     "Why `auto` must not take op's Triton path on `device` although it runs ('' when it may)."
-    if op == "causal_conv1d":
-        return ("the Triton causal conv is not yet timed against PyTorch's path on a GPU (it would also change the numbers "
-                "of runs already recorded: fp32 taps instead of autocast's bf16 ones); ask for it with backend='triton'")
     if op != "ssd_scan": return ""
     # the module is looked up by name, as every Triton path is (`TRITON_PATHS`): no import at load time
     unsafe = importlib.import_module(TRITON_PATHS["ssd_scan"][0]).fla_backward_unsafe(device)
@@ -71,6 +69,24 @@ def triton_path(name:str)->tuple[Callable|None, str]:
 
 # %% ../../nbs/10_ops.backend.ipynb #ae17903e
 _default_backend = [os.environ.get("CAB_BENCH_BACKEND", "auto")]
+
+def _op_backends_from_env()->dict:
+    "`$CAB_BENCH_BACKENDS`, a JSON object op -> backend: each op's own process default ({} when unset)."
+    raw = os.environ.get("CAB_BENCH_BACKENDS")
+    if not raw: return {}
+    try: d = json.loads(raw)
+    except ValueError as e: raise CabError(f"CAB_BENCH_BACKENDS must be a JSON object such as '{{\"causal_conv1d\": \"chunked\"}}'; got {raw!r} ({e})")
+    if not isinstance(d, dict): raise bad_value("CAB_BENCH_BACKENDS", raw, "a JSON object op -> backend")
+    for op, b in d.items():
+        check_choice("CAB_BENCH_BACKENDS key", op, tuple(KERNELS)); check_choice(f"CAB_BENCH_BACKENDS[{op!r}]", b, BACKENDS)
+    return d
+
+_op_backends = _op_backends_from_env()
+
+def default_backend(op:str|None=None)->str:
+    "The backend a call of `op` gets when it asks for none: the innermost `use_backend`, else `$CAB_BENCH_BACKENDS`' entry for `op`, else `$CAB_BENCH_BACKEND` ('auto')."
+    if len(_default_backend) > 1 or op is None: return _default_backend[-1]
+    return _op_backends.get(op, _default_backend[-1])
 
 @contextlib.contextmanager
 def use_backend(name:str):
@@ -123,7 +139,7 @@ def pick_backend(
     triton_unsupported:str="",  # non-empty: why the Triton path cannot serve this call
 )->tuple[str, str]:      # (path, reason)
     "Decide which implementation serves a call, with the reason."
-    backend = backend or _default_backend[-1]
+    backend = backend or default_backend(op)
     check_choice("backend", backend, BACKENDS)
     if backend in ("ref", "chunked"): return backend, "asked for"
     on_cuda = all(t.is_cuda for t in tensors if isinstance(t, torch.Tensor))

@@ -43,13 +43,15 @@ SCAN_LONG = dict(SCAN_T=128, SCAN_BD_MAX=2, SCAN_WARPS=1, SCAN_FWD="states", SCA
 # bench/results/scan_tune_long_h200.json, 78 settings): 2.68 ms against 3.89 ms with the settings above.
 SCAN_WIDE_ROWS = 8192  # below SCAN_LONG_L, from this many (batch x channel) rows on SCAN_WIDE's settings apply (None: never)
 SCAN_WIDE = dict(SCAN_T=16, SCAN_BD_MAX=16, SCAN_WARPS=2, SCAN_FWD="seq", SCAN_BWD="seq",
-                 SCAN_BWD_BD_MAX=16, SCAN_WARPS_BWD=1)
+                 SCAN_BWD_BD_MAX=16, SCAN_WARPS_BWD=1, SCAN_SEQ_IO="staged")
 # SCAN_WIDE: the 'seq' kernels, one step at a time with the states in registers. Many rows give enough programs to
 # fill the GPU without splitting the sequence, and each program then walks its steps with no scan tree at all.
 # These settings: the least summed forward + backward time of the 'seq' settings of scan_tune's grid over the
 # vim_fashion and Vim-Tiny shapes on an H200 (bench/results/scan_tune_seq_h200.json): 0.67 and 1.04 ms, against
 # 0.84 and 1.03 ms with the settings above. In the vim_fashion CAB step (batch 128) the scan's GPU time fell from 47
 # to 22 ms a step (bench/results/profile_fashion_step_{noseq,seq}_h200.json, with the first 'seq' settings).
+# SCAN_SEQ_IO 'staged': the 'seq' kernels' GPU time in the vim_fashion CAB step fell by a third against 'step'
+# (bench/results/profile_fashion_step_staged_h200.json; the prose above says more).
 KERNELS = ("tiles", "states", "seq")     # the values SCAN_FWD and SCAN_BWD take
 SCAN_SEQ_IO = "step"   # how the 'seq' kernels get a step's values: 'step' (loads and stores of (BD, 1) columns, values L
                        # apart, the step sizes' softplus per step) or 'staged' (once a chunk as tiles, transposed through
@@ -58,19 +60,24 @@ SEQ_IO = ("step", "staged")              # the values SCAN_SEQ_IO takes
 LAUNCH_KEYS = ("SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_FWD", "SCAN_BWD", "SCAN_BWD_BD_MAX", "SCAN_WARPS_BWD",
                "SCAN_SEQ_IO")
 
-def _from_env(var:str, key:str, current:dict)->tuple[int, dict]|None:
-    "`$var`, a JSON object such as '{\"<key>\": 1024, \"SCAN_T\": 64}': (threshold, settings over `current`), or None when unset."
+def _from_env(var:str, key:str|None, current:dict)->tuple[int|None, dict]|None:
+    """`$var`, a JSON object such as '{"<key>": 1024, "SCAN_T": 64}' (without a threshold when `key` is None):
+    (threshold, settings over `current`), or None when unset."""
     raw = os.environ.get(var)
     if not raw: return None
+    example = f'{{"{key}": 1024, "SCAN_T": 64}}' if key else '{"SCAN_T": 64}'
     try: d = json.loads(raw)
-    except ValueError as e: raise CabError(f"{var} must be a JSON object such as '{{\"{key}\": 1024, \"SCAN_T\": 64}}'; got {raw!r} ({e})")
-    if not isinstance(d, dict) or not isinstance(d.get(key), int) or set(d) - {key, *LAUNCH_KEYS}:
-        raise CabError(f"{var} must hold an integer {key} and some of {LAUNCH_KEYS}; got {raw!r}")
-    return d.pop(key), dict(current, **d)
+    except ValueError as e: raise CabError(f"{var} must be a JSON object such as '{example}'; got {raw!r} ({e})")
+    if not isinstance(d, dict) or (key and not isinstance(d.get(key), int)) or set(d) - {key, *LAUNCH_KEYS}:
+        raise CabError(f"{var} must hold {f'an integer {key} and ' if key else ''}some of {LAUNCH_KEYS}; got {raw!r}")
+    return (d.pop(key) if key else None), dict(current, **d)
 
 def _settings_from_env():
-    "`$CAB_BENCH_SCAN_LONG` (with from_L) and `$CAB_BENCH_SCAN_WIDE` (with from_rows) set those settings at import."
+    """`$CAB_BENCH_SCAN` (the module's own settings), `$CAB_BENCH_SCAN_LONG` (with from_L) and `$CAB_BENCH_SCAN_WIDE`
+    (with from_rows) set those settings at import."""
     global SCAN_LONG_L, SCAN_LONG, SCAN_WIDE_ROWS, SCAN_WIDE
+    got = _from_env("CAB_BENCH_SCAN", None, {k: globals()[k] for k in LAUNCH_KEYS})
+    if got: globals().update(got[1])
     got = _from_env("CAB_BENCH_SCAN_LONG", "from_L", SCAN_LONG)
     if got: SCAN_LONG_L, SCAN_LONG = got
     got = _from_env("CAB_BENCH_SCAN_WIDE", "from_rows", SCAN_WIDE)
