@@ -133,10 +133,12 @@ def test_triton_scan_interpreted_random_shapes():
 # ---------------------------------------------------------------- CPU: fla's mapping and our backward
 @pytest.mark.parametrize("seed", range(4))
 def test_fla_mapping_and_backward_with_materialised_kernel(seed):
-    "ssd_scan_fla with `gla_ref` in place of fla's kernel: every option, random shapes, every gradient (float64)."
+    """ssd_scan_fla with `gla_ref` in place of fla's kernel: every option, random shapes, every gradient (float64);
+    lengths within one chunk of the backward's decay-gradient sum and over several (`fla_ssd.dg_chunked`)."""
     rng = __import__("random").Random(seed)
     g = rng.choice([1, 2])
-    shape = dict(b=rng.randint(1, 2), l=rng.randint(1, 20), h=g * rng.randint(1, 2), p=rng.randint(1, 4), g=g,
+    l = rng.randint(1, 20) if seed % 2 == 0 else rng.randint(33, 100)
+    shape = dict(b=rng.randint(1, 2), l=l, h=g * rng.randint(1, 2), p=rng.randint(1, 4), g=g,
                  n=rng.randint(1, 5), seed=seed)
     x = random_ssd_inputs(dtype=torch.float64, **shape)
     opts = [o for o in ("D", "z", "dt_bias", "initial_states") if rng.random() < 0.7]

@@ -17,7 +17,8 @@ from .selective_scan import compute_dtype
 from .ssd import _check, _finish, prep_dt
 
 # %% auto #0
-__all__ = ['fla_kernel', 'fla_unavailable', 'fla_backward_unsafe', 'gla_ref', 'ssd_scan_fla']
+__all__ = ['DG_CHUNK', 'DG_MAX_CHUNKS', 'fla_kernel', 'fla_unavailable', 'fla_backward_unsafe', 'gla_ref', 'dg_chunked',
+           'ssd_scan_fla']
 
 # %% ../../nbs/15_ops.fla_ssd.ipynb #9645462c
 @functools.cache
@@ -78,6 +79,49 @@ def gla_ref(
 # %% ../../nbs/15_ops.fla_ssd.ipynb #bab8b5e3
 def _rev(t:torch.Tensor)->torch.Tensor: return t.flip(1)
 
+DG_CHUNK = 32        # steps over which the backward sums dG; beyond them dg comes from the chunk states
+DG_MAX_CHUNKS = 64   # at most this many chunks (longer ones past 2,048 steps): the chunk states are walked in a loop
+
+def dg_chunked(
+    dG:torch.Tensor,              # (b, L, H) q.dq - k.dk per step (with dS_L.S_L added at the last step)
+    q, k, v, do,                  # (b, L, H, K|V) the forward's inputs and the output's gradient
+    g:torch.Tensor,               # (b, L, H) log decay of each step
+    h0:torch.Tensor|None,         # (b, H, K, V) state before the first step
+    dhT:torch.Tensor|None,        # (b, H, K, V) gradient of the final state
+    chunk:int|None=None,          # steps a chunk; None: DG_CHUNK, longer where that gives more than DG_MAX_CHUNKS
+)->torch.Tensor:                  # (b, L, H) dLoss/dg
+    """dg_j = sum of dG_t over t >= j, summed within chunks only: at each chunk's first step c the exact local form
+    exp(g_c) <dS_c, S_{c-1}> (the state before the chunk, and the adjoint state there) replaces the rest of the sum."""
+    cd = dG.dtype
+    b, l, H = dG.shape
+    chunk = min(l, chunk or max(DG_CHUNK, -(-l // DG_MAX_CHUNKS)))     # one chunk of all L steps: the plain suffix sum
+    nt = -(-l // chunk)
+    pad = nt * chunk - l
+    # steps past L: zero inputs and zero log decay (the identity), so states and adjoints pass through unchanged
+    P = lambda t: F.pad(t.to(cd), (0, 0) * (t.dim() - 2) + (0, pad)).view(b, nt, chunk, *t.shape[2:])
+    qc, kc, vc, oc, gc, dGc = P(q), P(k), P(v), P(do), P(g), P(dG)
+    Gc = gc.cumsum(2)                                              # (b, nt, C, H) decay from each chunk's start, inclusive
+    # each chunk's own contribution to the state after it, and to the adjoint at its first step
+    U = torch.einsum("bnch,bnchk,bnchv->bnhkv", torch.exp(Gc[:, :, -1:] - Gc), kc, vc)
+    V = torch.einsum("bnch,bnchk,bnchv->bnhkv", torch.exp(Gc - Gc[:, :, :1]), qc, oc)
+    decay = torch.exp(Gc[:, :, -1])                                # (b, nt, H) across a whole chunk
+    S = torch.zeros(b, H, k.shape[-1], v.shape[-1], dtype=cd, device=dG.device) if h0 is None else h0.to(cd)
+    before = []
+    for c in range(nt):                                            # forward: the state before each chunk
+        before.append(S)
+        S = decay[:, c, :, None, None] * S + U[:, c]
+    dS = torch.zeros_like(S) if dhT is None else dhT.to(cd)
+    start = [None] * nt
+    for c in reversed(range(nt)):                                  # backward: the adjoint at each chunk's first step
+        into = torch.exp(Gc[:, c, -1] - Gc[:, c, 0])               # from the chunk's first step to past its last
+        dS = V[:, c] + into[..., None, None] * dS
+        start[c] = dS
+        dS = torch.exp(Gc[:, c, 0])[..., None, None] * dS          # through the chunk's first decay, to the step before
+    exact = torch.stack([torch.exp(Gc[:, c, 0]) * (start[c] * before[c]).sum((-1, -2)) for c in range(nt)], 1)  # (b, nt, H)
+    local = dGc.flip(2).cumsum(2).flip(2)                          # the sum within each chunk
+    nxt = F.pad(exact[:, 1:], (0, 0, 0, 1))                        # dg at the next chunk's first step (0 after the last)
+    return (local + nxt[:, :, None]).reshape(b, nt * chunk, H)[:, :l]
+
 class _GlaFwdKernels(torch.autograd.Function):
     """Gated linear attention whose backward is three more runs of the forward kernel (no fla backward kernel):
     dq is the forward with (q, k, v) = (do, v, k); dk and dv are forwards over the reversed sequence; dg follows
@@ -104,7 +148,7 @@ class _GlaFwdKernels(torch.autograd.Function):
         cd = g.dtype
         dG = (q.to(cd) * dq.to(cd)).sum(-1) - (k.to(cd) * dk.to(cd)).sum(-1)   # (b, L, H): dLoss/d(cumulative g)
         if dhT is not None: dG[:, -1] += (dhT.to(cd) * hT.to(cd)).sum((-1, -2))
-        dg = dG.flip(1).cumsum(1).flip(1)
+        dg = dg_chunked(dG, q, k, v, do, g, h0, dhT)
         dh0 = None if h0 is None else dh0 * torch.exp(g[:, 0])[..., None, None]
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.to(g.dtype), dh0, None
 
