@@ -244,3 +244,18 @@ def test_begun_parts_pin_the_kernels_their_records_name(tmp_path):
     env, lines = rep.pins_for(["V01"], d)
     assert json.loads(env["CAB_BENCH_BACKENDS"])["causal_conv1d"] == "chunked" and lines[0].startswith("kernels of part V01: 1 of 1")
     with pytest.raises(ValueError, match="would pin different kernels"): rep.pins_for(["V01", "V05"], d)
+
+
+def test_deadline_estimates_a_cell_from_the_records(tmp_path, capsys):
+    "Without --est, a deadline takes a cell's time from the task's records: their median time a step times its steps."
+    d = tmp_path / "records"; d.mkdir()
+    for i, (t, n, task) in enumerate([(400, 2000, "vision"), (500, 2000, "vision"), (900, 2000, "vision"), (60, 10, "language")]):
+        (d / f"r{i}.json").write_text(json.dumps(dict(part="V01", metrics=dict(task=task, run_time=t, steps=n))))
+    cells = rep.parts()["V20"]
+    assert rep.estimate_cell_seconds(cells, d) == pytest.approx(500.0)
+    assert rep.estimate_cell_seconds([dict(c, config=dict(c["config"], max_steps=400)) for c in cells], d) == pytest.approx(100.0)
+    assert rep.estimate_cell_seconds(rep.parts()["LMAIN"], d) == pytest.approx(6.0 * 1280)
+    assert rep.estimate_cell_seconds(cells, tmp_path / "none") is None
+    # the runner says what it assumed (no cell is run here: limit 0 leaves nothing to do, so nothing is estimated)
+    rep.run_part("V20", tmp_path / "out", workers=1, fashion=None, limit=0, deadline=100, recorded=d)
+    assert "deadline" not in capsys.readouterr().out

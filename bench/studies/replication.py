@@ -299,6 +299,17 @@ def pins_for(names:list, recorded:Path|None)->tuple[dict, list]:
     return (next(iter(envs.values())) if envs else {}), lines
 
 
+def estimate_cell_seconds(cells:list, recorded:Path|None)->float|None:
+    """Seconds a cell of `cells` is expected to train: the median time per step of the recorded runs of the same task
+    (`run_time` / `steps`, at the concurrency they ran with) times the cell's steps; None without such records. The
+    default of `est` when a deadline is given."""
+    if not cells or recorded is None or not recorded.is_dir(): return None
+    task, steps = cells[0]["config"]["task"], max(c["config"]["max_steps"] for c in cells)
+    per = sorted(m["run_time"] / m["steps"] for m in (json.loads(p.read_text()).get("metrics") or {} for p in recorded.glob("*.json"))
+                 if m.get("task") == task and m.get("run_time") and m.get("steps"))
+    return per[len(per) // 2] * steps if per else None
+
+
 def _gpu_count()->int:
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True).stdout
@@ -312,7 +323,8 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
     """Run a part's cells (`name`: a part, or several comma-separated) that have no metrics.json yet, `workers` processes at once, spread over `gpus` GPUs.
     A cell whose record is in `recorded` (the committed records; None: none) counts as finished, so that a fresh
     machine, whose `out` holds nothing yet, does not run it again. `max_steps` shortens every cell (a throughput probe: its runs are named `...-probe<N>` and are not grid cells).
-    With `deadline` (seconds from now) and `est` (seconds a whole cell takes), a cell is started only if what is left of
+    With `deadline` (seconds from now) and `est` (seconds a whole cell takes; None: `estimate_cell_seconds` from the
+    records), a cell is started only if what is left of
     it (after its newest checkpoint) can finish. On SIGTERM the running cells checkpoint at their step and end, and the
     cells not yet started are left; the next call resumes them. `budget` (seconds) sends that stop itself.
     With `pin`, a part that has records runs its other cells with the kernels those records name (`pins_for`), so that
@@ -329,6 +341,10 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
     missing = [c for c in cells if not (out / c["config"]["run_name"] / "metrics.json").exists()
                and not (recorded is not None and max_steps is None and (recorded / f"{c['config']['run_name']}.json").exists())]
     todo = missing[:limit]
+    if deadline and est is None and todo:
+        est = estimate_cell_seconds(todo, recorded if recorded is not None else RECORDS)
+        print(f"deadline {deadline:.0f} s: a whole cell is taken to need {est:.0f} s (the median time a step of the "
+              "task's records)" if est else "deadline: no record to estimate a cell's time from; every cell starts", flush=True)
     env = {}
     if pin:          # begun parts repeat the kernels their records name (paths, scan launch settings), in the workers
         env, lines = pins_for(names, recorded if recorded is not None else RECORDS)
@@ -453,7 +469,7 @@ def main(argv=None):
     r.add_argument("--max_steps", type=int, default=None, help="a throughput probe: shorten every cell to this many steps")
     r.add_argument("--gpus", type=int, default=None, help="GPUs to spread the workers over (default: all nvidia-smi lists)")
     r.add_argument("--deadline", type=float, default=None, help="seconds from now after which no cell should still run")
-    r.add_argument("--est", type=float, default=None, help="seconds one cell takes at this concurrency (with --deadline)")
+    r.add_argument("--est", type=float, default=None, help="seconds one cell takes at this concurrency (with --deadline; default: from the task's records)")
     r.add_argument("--keep_ckpts", action="store_true", help="keep finished runs' checkpoints (default: drop them)")
     r.add_argument("--rerun_recorded", action="store_true", help="also run cells that have a committed record")
     r.add_argument("--budget", type=float, default=None, help="seconds after which running cells checkpoint and stop (as on SIGTERM)")
