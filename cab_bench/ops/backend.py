@@ -139,6 +139,7 @@ def pick_backend(
     triton_unsupported:str="",  # non-empty: why the Triton path cannot serve this call
 )->tuple[str, str]:      # (path, reason)
     "Decide which implementation serves a call, with the reason."
+    pinned = backend is None and len(_default_backend) == 1 and op in _op_backends     # from $CAB_BENCH_BACKENDS
     backend = backend or default_backend(op)
     check_choice("backend", backend, BACKENDS)
     if backend in ("ref", "chunked"): return backend, "asked for"
@@ -154,6 +155,9 @@ def pick_backend(
     if backend == "triton" and op not in TRITON_PATHS: return "chunked", f"{op} has no Triton path"
     if backend in ("cuda", "triton"):
         why = why_not(backend)
+        lacks = unsupported if backend == "cuda" else triton_unsupported
+        if why and pinned and why == lacks:   # an option the pinned path lacks: the call falls back as `auto` would have
+            return "chunked", f"{backend} (from CAB_BENCH_BACKENDS) cannot serve this call: {why}"
         if why: raise CabError(f"backend={backend!r} cannot run {op}: {why}. Use backend='chunked' or 'auto'.")
         return backend, "asked for"
     if not on_cuda: return "chunked", "tensors are not on a CUDA device"
