@@ -359,6 +359,8 @@ def test_scan_tune_script(tmp_path):
     assert {x["SCAN_SEQ_IO"] for x in d["rows"] if x["SCAN_FWD"] == "seq"} == {"step", "staged"}   # both ways a step reads
     assert {e["SCAN_SEQ_IO"] for e in d["estimates"] if e["SCAN_BWD"] == "seq"} == {"step", "staged"}
     assert {"SCAN_T", "SCAN_BD_MAX", "SCAN_WARPS", "SCAN_BWD", "SCAN_WARPS_BWD"} <= set(d["best"])
+    # kernel time (torch.profiler) exists on a GPU only: on the CPU every row says None and nothing is ranked by it
+    assert all(x["kernel_ms"] is None for x in d["rows"]) and d["best_kernel"] is None and d["default_fwd_bwd_kernel_ms"] is None
 
 
 def test_scan_sass_script(tmp_path):
@@ -379,6 +381,25 @@ def test_scan_sass_script(tmp_path):
     (step,) = c["step_loops"]
     assert step["total"] > 20 and step.get("MUFU", 0) >= 1 and c["chunk_overhead"] > 0   # exp(dt A) in the step
     assert c["warp_instructions"] == c["programs"] * c["warps"] * 4 * (c["chunk_overhead"] + 13 * step["total"])
+
+
+def test_scan_tune_ranks_by_wall_and_by_kernel_time():
+    "Each estimate has its kernel-time twin where rows carry kernel times; the two rankings can disagree, and say so."
+    from bench.studies.scan_tune import summary
+    saved = dict(SCAN_T=16, SCAN_BD_MAX=2, SCAN_WARPS=1, SCAN_FWD="tiles", SCAN_BWD="states", SCAN_BWD_BD_MAX=8,
+                 SCAN_WARPS_BWD=2, SCAN_SEQ_IO="step")
+    f = dict(kind="fwd", SCAN_FWD="seq", SCAN_T=16, SCAN_BD_MAX=32, SCAN_WARPS=1, err=0.0)
+    b = dict(f, kind="fwd_bwd", SCAN_BWD="seq", SCAN_BWD_BD_MAX=16, SCAN_WARPS_BWD=1)
+    rows = [dict(f, SCAN_SEQ_IO="step", ms=0.10, kernel_ms=0.09), dict(f, SCAN_SEQ_IO="staged", ms=0.11, kernel_ms=0.06),
+            dict(b, SCAN_SEQ_IO="step", ms=0.72, kernel_ms=0.45), dict(b, SCAN_SEQ_IO="staged", ms=0.77, kernel_ms=0.30)]
+    r = summary(rows, dict(T=(16,), T_SEQ=(16,)), saved, (128, 384, 50, 16, 12))
+    assert r["best"]["SCAN_SEQ_IO"] == "step" and r["best"]["fwd_bwd_ms"] == pytest.approx(0.72)
+    assert r["best_kernel"]["SCAN_SEQ_IO"] == "staged"
+    k = r["best_kernel"]["kernel"]
+    assert (k["fwd_ms"], k["bwd_ms"], k["fwd_bwd_ms"]) == pytest.approx((0.06, 0.24, 0.30))
+    assert r["default_fwd_bwd_ms"] is None                        # no row at the module's own settings
+    for x in rows: x["kernel_ms"] = None                          # a CPU run: no kernel times, no kernel ranking
+    assert summary(rows, dict(T=(16,), T_SEQ=(16,)), saved, (128, 384, 50, 16, 12))["best_kernel"] is None
 
 
 def test_profile_fashion_step_seq_io_switch():

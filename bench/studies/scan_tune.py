@@ -7,7 +7,11 @@ step's values) at each call. This times the forward and the
 backward separately for every combination of the values below, at the shapes the workbench runs (the replication grid's `vim_fashion` step, bf16
 inputs with B and C as strided views of the x_proj output, as the Vim mixer passes them; Vim-Tiny at 197 tokens; one
 long sequence), checks each setting's outputs and gradients against the module's defaults, and writes a JSON table
-with the fastest setting per shape. The backward keeps the forward's chunk length (its recomputation starts from the
+with the fastest setting per shape, twice: by the wall time of a call (CUDA events around it) and by the GPU time of
+its kernels alone (torch.profiler; `best_kernel`). At the small shapes a call's wall time can be set by the CPU
+launching its kernels (on an H200, vim_fashion's forward + backward took 0.72 ms a call while its kernels took about
+0.3 ms in the training step's profile), and a training step whose GPU stays busy, or several runs sharing one GPU,
+pay only the kernel time. The backward keeps the forward's chunk length (its recomputation starts from the
 forward's per-chunk states); the 'tiles' backward also its channel block, while the 'states' backward has its own.
 
     python -m bench.studies.scan_tune --out bench/results/scan_tune_h200.json            # on a GPU
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench.benchlib import environment, measure, write_json
+from bench.benchlib import environment, measure, profile_top, write_json
 
 SHAPES = {        # name: (batch, channels, length, d_state, dt_rank)
     "vim_fashion": (128, 384, 50, 16, 12),
@@ -64,6 +68,48 @@ def run_once(ts, x, gy):
 
 
 def rel(a, b)->float: return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
+
+
+def summary(rows:list, grid:dict, saved:dict, shape:tuple)->dict:
+    """The table so far: rows, each backward's estimated best step, the best one by wall time and by kernel time,
+    the defaults' times. `saved`: the module's settings the rows leave out; `shape`: (batch, d, L, N, dt_rank)."""
+    ok = [r for r in rows if "ms" in r and r["err"] < 1e-2]
+    io = lambda r: r.get("SCAN_SEQ_IO", saved["SCAN_SEQ_IO"])
+    fkey = lambda r: (r["SCAN_FWD"], r["SCAN_T"], r.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"]), r.get("SCAN_WARPS", saved["SCAN_WARPS"]),
+                      io(r))
+    fwd_at = {fkey(r): r["ms"] for r in ok if r["kind"] == "fwd"}
+    kern_at = {fkey(r): r.get("kernel_ms") for r in ok if r["kind"] == "fwd"}
+    est = []
+    for T in sorted({*grid["T"], *grid.get("T_STATES", ()), *grid.get("T_SEQ", ())}):
+        fw = [r for r in ok if r["kind"] == "fwd" and r["SCAN_T"] == T]
+        for b in (r for r in ok if r["kind"] == "fwd_bwd" and r["SCAN_T"] == T):
+            if fkey(b) not in fwd_at: continue                             # the forward it ran after was not timed
+            bwd_ms = b["ms"] - fwd_at[fkey(b)]
+            fbd = b.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"])
+            cand = [f for f in fw if (b["SCAN_BWD"] != "tiles" or f["SCAN_BD_MAX"] == fbd)    # 'tiles' needs the same block
+                    and (f["SCAN_FWD"] != "seq" or b["SCAN_BWD"] != "seq" or io(f) == io(b))]  # one SCAN_SEQ_IO a call
+            if not cand: continue
+            f = min(cand, key=lambda r: r["ms"])
+            e = dict(SCAN_T=T, SCAN_FWD=f["SCAN_FWD"], SCAN_BD_MAX=f["SCAN_BD_MAX"], SCAN_WARPS=f["SCAN_WARPS"],
+                     SCAN_BWD=b["SCAN_BWD"], SCAN_BWD_BD_MAX=b.get("SCAN_BWD_BD_MAX"), SCAN_WARPS_BWD=b["SCAN_WARPS_BWD"],
+                     SCAN_SEQ_IO=io(b), fwd_ms=f["ms"], bwd_ms=bwd_ms, fwd_bwd_ms=f["ms"] + bwd_ms)
+            kf = [r for r in cand if r.get("kernel_ms") is not None]   # the same estimate in kernel time
+            if kf and b.get("kernel_ms") is not None and kern_at.get(fkey(b)) is not None:
+                fk = min(kf, key=lambda r: r["kernel_ms"])
+                e["kernel"] = dict(SCAN_FWD=fk["SCAN_FWD"], SCAN_BD_MAX=fk["SCAN_BD_MAX"], SCAN_WARPS=fk["SCAN_WARPS"],
+                                   fwd_ms=fk["kernel_ms"], bwd_ms=b["kernel_ms"] - kern_at[fkey(b)],
+                                   fwd_bwd_ms=fk["kernel_ms"] + b["kernel_ms"] - kern_at[fkey(b)])
+            est.append(e)
+    # a backward whose fwd_bwd time came out below its forward's alone is below the timing noise: listed, not ranked
+    for e in est: e["below_noise"] = e["bwd_ms"] <= 0
+    ranked = [e for e in est if not e["below_noise"]]
+    best = min(ranked, key=lambda r: r["fwd_bwd_ms"]) if ranked else None
+    kr = [e for e in est if e.get("kernel") and e["kernel"]["bwd_ms"] > 0]
+    best_kernel = min(kr, key=lambda r: r["kernel"]["fwd_bwd_ms"]) if kr else None
+    dflt = next((r for r in ok if r["kind"] == "fwd_bwd" and all(r.get(k, saved[k]) == saved[k] for k in saved)), None)
+    return dict(shape=dict(zip(("batch", "d", "L", "N", "dt_rank"), shape)), grid=grid, rows=rows, estimates=est, best=best,
+                best_kernel=best_kernel, default_fwd_bwd_ms=dflt and dflt["ms"],
+                default_fwd_bwd_kernel_ms=dflt and dflt.get("kernel_ms"))
 
 
 def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None, only:str|None=None)->dict:
@@ -107,36 +153,7 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None, only:str|Non
     if only:   # one kernel's settings, and the module's defaults (forward, and forward + backward) to compare with
         settings = [st for st in settings if only in (st.get("SCAN_FWD"), st.get("SCAN_BWD"))
                     or all(st.get(k, saved[k]) == saved[k] for k in saved)]
-    def summary(rows):
-        "The table so far: rows, each backward's estimated best step, the best one, the defaults' time."
-        ok = [r for r in rows if "ms" in r and r["err"] < 1e-2]
-        io = lambda r: r.get("SCAN_SEQ_IO", saved["SCAN_SEQ_IO"])
-        fkey = lambda r: (r["SCAN_FWD"], r["SCAN_T"], r.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"]), r.get("SCAN_WARPS", saved["SCAN_WARPS"]),
-                          io(r))
-        fwd_at = {fkey(r): r["ms"] for r in ok if r["kind"] == "fwd"}
-        est = []
-        for T in sorted({*grid["T"], *grid.get("T_STATES", ()), *grid.get("T_SEQ", ())}):
-            fw = [r for r in ok if r["kind"] == "fwd" and r["SCAN_T"] == T]
-            for b in (r for r in ok if r["kind"] == "fwd_bwd" and r["SCAN_T"] == T):
-                if fkey(b) not in fwd_at: continue                             # the forward it ran after was not timed
-                bwd_ms = b["ms"] - fwd_at[fkey(b)]
-                fbd = b.get("SCAN_BD_MAX", saved["SCAN_BD_MAX"])
-                cand = [f for f in fw if (b["SCAN_BWD"] != "tiles" or f["SCAN_BD_MAX"] == fbd)    # 'tiles' needs the same block
-                        and (f["SCAN_FWD"] != "seq" or b["SCAN_BWD"] != "seq" or io(f) == io(b))]  # one SCAN_SEQ_IO a call
-                if not cand: continue
-                f = min(cand, key=lambda r: r["ms"])
-                est.append(dict(SCAN_T=T, SCAN_FWD=f["SCAN_FWD"], SCAN_BD_MAX=f["SCAN_BD_MAX"], SCAN_WARPS=f["SCAN_WARPS"],
-                                SCAN_BWD=b["SCAN_BWD"], SCAN_BWD_BD_MAX=b.get("SCAN_BWD_BD_MAX"), SCAN_WARPS_BWD=b["SCAN_WARPS_BWD"],
-                                SCAN_SEQ_IO=io(b),
-                                fwd_ms=f["ms"], bwd_ms=bwd_ms, fwd_bwd_ms=f["ms"] + bwd_ms))
-        # a backward whose fwd_bwd time came out below its forward's alone is below the timing noise: listed, not ranked
-        for e in est: e["below_noise"] = e["bwd_ms"] <= 0
-        ranked = [e for e in est if not e["below_noise"]]
-        best = min(ranked, key=lambda r: r["fwd_bwd_ms"]) if ranked else None
-        default = next((r["ms"] for r in ok if r["kind"] == "fwd_bwd" and all(r.get(k, saved[k]) == saved[k] for k in saved)), None)
-        return dict(shape=dict(zip(("batch", "d", "L", "N", "dt_rank"), shape)), grid=grid, rows=rows, estimates=est, best=best,
-                    default_fwd_bwd_ms=default)
-
+    summary_ = lambda rows: summary(rows, grid, saved, shape)
     rows = []
     for st in settings:
         for k, v in saved.items(): setattr(ts, k, v)
@@ -148,13 +165,17 @@ def tune(ts, shape:tuple, dev, grid:dict, smoke:bool, on_rows=None, only:str|Non
             row["err"] = max([rel(y, y0)] + [rel(a, b) for a, b in zip(g, g0)])
             m = measure(fwd if st["kind"] == "fwd" else both, dev, **kw)
             row["ms"], row["peak_bytes"] = m["ms"], m["peak_bytes"]
+            # the GPU time of the call's kernels alone (torch.profiler): at these sizes a call's wall time can be set
+            # by the CPU launching its kernels, which a training step that keeps the GPU busy does not pay
+            row["kernel_ms"] = (profile_top(fwd if st["kind"] == "fwd" else both, dev, steps=3, top=1)["kernel_ms"]
+                                if dev.type == "cuda" else None)
         except Exception as e:                       # a setting that does not compile (registers, shared memory)
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if on_rows is not None: on_rows(summary(rows))     # a cut-off run keeps what it measured, with its best so far
+        if on_rows is not None: on_rows(summary_(rows))     # a cut-off run keeps what it measured, with its best so far
     for k, v in saved.items(): setattr(ts, k, v)
-    return summary(rows)
+    return summary_(rows)
 
 
 def main(argv=None):
@@ -196,7 +217,9 @@ def main(argv=None):
         for k, v in defaults.items(): setattr(ts, k, v)
         ts.SCAN_LONG_L, ts.SCAN_LONG = long_saved
         ts.SCAN_WIDE_ROWS, ts.SCAN_WIDE = wide_saved
-    for name, r in res.items(): print(name, "defaults:", r["default_fwd_bwd_ms"], "ms; best:", r["best"])
+    for name, r in res.items():
+        print(name, "defaults:", r["default_fwd_bwd_ms"], "ms; best:", r["best"])
+        print(name, "by kernel time: defaults:", r["default_fwd_bwd_kernel_ms"], "ms; best:", r["best_kernel"])
 
 
 if __name__ == "__main__":
