@@ -9,8 +9,8 @@ inputs with B and C as strided views of the x_proj output, as the Vim mixer pass
 long sequence), checks each setting's outputs and gradients against the module's defaults, and writes a JSON table
 with the fastest setting per shape, twice: by the wall time of a call (CUDA events around it) and by the GPU time of
 its kernels alone (torch.profiler; `best_kernel`). At the small shapes a call's wall time can be set by the CPU
-launching its kernels (on an H200, vim_fashion's forward + backward took 0.72 ms a call while its kernels took about
-0.3 ms in the training step's profile), and a training step whose GPU stays busy, or several runs sharing one GPU,
+launching its kernels (on an H200, vim_fashion's forward + backward with 'step' I/O took 0.72 ms a call, while in
+the training step's profile its kernels took 0.45 ms, and 0.30 ms staged), and a training step whose GPU stays busy, or several runs sharing one GPU,
 pay only the kernel time. The backward keeps the forward's chunk length (its recomputation starts from the
 forward's per-chunk states); the 'tiles' backward also its channel block, while the 'states' backward has its own.
 
