@@ -2,6 +2,7 @@
 stopped by SIGTERM (a device call's time limit) that checkpoint, are resumed by the next call and end exactly as
 uninterrupted cells."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -224,7 +225,7 @@ def test_begun_parts_pin_the_kernels_their_records_name(tmp_path):
     env = rep.pin_env(sig)
     code = ("import json, cab_bench.ops.backend as b, cab_bench.ops.triton_scan as t; "
             "print(json.dumps(dict(conv=b.default_backend('causal_conv1d'), scan=b.default_backend('selective_scan'), launch=t.launch_report())))")
-    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, **env}, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert (got["conv"], got["scan"]) == ("chunked", "triton")
@@ -256,6 +257,8 @@ def test_deadline_estimates_a_cell_from_the_records(tmp_path, capsys):
     assert rep.estimate_cell_seconds([dict(c, config=dict(c["config"], max_steps=400)) for c in cells], d) == pytest.approx(100.0)
     assert rep.estimate_cell_seconds(rep.parts()["LMAIN"], d) == pytest.approx(6.0 * 1280)
     assert rep.estimate_cell_seconds(cells, tmp_path / "none") is None
-    # the runner says what it assumed (no cell is run here: limit 0 leaves nothing to do, so nothing is estimated)
-    rep.run_part("V20", tmp_path / "out", workers=1, fashion=None, limit=0, deadline=100, recorded=d)
-    assert "deadline" not in capsys.readouterr().out
+    # the runner says what it assumed, and leaves a cell that would not finish before the deadline unstarted
+    res = rep.run_part("V20", tmp_path / "out", workers=1, fashion=None, limit=1, deadline=100, recorded=d)
+    assert "a whole cell is taken to need 500 s" in capsys.readouterr().out
+    assert [(r["ok"], r["why"]) for r in res] == [(None, "would pass the deadline")]
+    assert not (tmp_path / "out" / res[0]["run_name"]).exists()

@@ -284,13 +284,10 @@ def pin_env(sig:dict|None)->dict:
 def pins_for(names:list, recorded:Path|None)->tuple[dict, list]:
     """The pinned environment for a call that runs parts `names` (the records under `recorded`), and a line per part.
     Parts that would pin different kernels cannot share one pool of workers."""
+    every = [json.loads(p.read_text()) for p in sorted(recorded.glob("*.json"))] if recorded is not None and recorded.is_dir() else []
     envs, lines = {}, []
     for n in names:
-        recs = []
-        if recorded is not None and recorded.is_dir():
-            recs = [json.loads(p.read_text()) for p in sorted(recorded.glob("*.json"))]
-            recs = [r for r in recs if r.get("part") == n]
-        sig, note = part_signature(recs)
+        sig, note = part_signature([r for r in every if r.get("part") == n])
         envs[n] = pin_env(sig)
         lines.append(f"kernels of part {n}: {note}" + (f"; pinned {envs[n]}" if envs[n] else ""))
     distinct = {json.dumps(e, sort_keys=True) for e in envs.values()}

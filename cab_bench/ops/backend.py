@@ -83,10 +83,13 @@ def _op_backends_from_env()->dict:
 
 _op_backends = _op_backends_from_env()
 
+def _pinned(op:str|None)->str|None:
+    "`$CAB_BENCH_BACKENDS`' entry for `op` where it applies (no `use_backend` block is open), else None."
+    return _op_backends.get(op) if len(_default_backend) == 1 else None
+
 def default_backend(op:str|None=None)->str:
     "The backend a call of `op` gets when it asks for none: the innermost `use_backend`, else `$CAB_BENCH_BACKENDS`' entry for `op`, else `$CAB_BENCH_BACKEND` ('auto')."
-    if len(_default_backend) > 1 or op is None: return _default_backend[-1]
-    return _op_backends.get(op, _default_backend[-1])
+    return _pinned(op) or _default_backend[-1]
 
 @contextlib.contextmanager
 def use_backend(name:str):
@@ -139,7 +142,7 @@ def pick_backend(
     triton_unsupported:str="",  # non-empty: why the Triton path cannot serve this call
 )->tuple[str, str]:      # (path, reason)
     "Decide which implementation serves a call, with the reason."
-    pinned = backend is None and len(_default_backend) == 1 and op in _op_backends     # from $CAB_BENCH_BACKENDS
+    pinned = backend is None and _pinned(op) is not None     # from $CAB_BENCH_BACKENDS
     backend = backend or default_backend(op)
     check_choice("backend", backend, BACKENDS)
     if backend in ("ref", "chunked"): return backend, "asked for"

@@ -111,13 +111,13 @@ def dg_chunked(
         before.append(S)
         S = decay[:, c, :, None, None] * S + U[:, c]
     dS = torch.zeros_like(S) if dhT is None else dhT.to(cd)
-    start = [None] * nt
+    exact = [None] * nt                                            # dg at each chunk's first step, exactly
     for c in reversed(range(nt)):                                  # backward: the adjoint at each chunk's first step
         into = torch.exp(Gc[:, c, -1] - Gc[:, c, 0])               # from the chunk's first step to past its last
         dS = V[:, c] + into[..., None, None] * dS
-        start[c] = dS
+        exact[c] = torch.exp(Gc[:, c, 0]) * (dS * before[c]).sum((-1, -2))              # (b, H)
         dS = torch.exp(Gc[:, c, 0])[..., None, None] * dS          # through the chunk's first decay, to the step before
-    exact = torch.stack([torch.exp(Gc[:, c, 0]) * (start[c] * before[c]).sum((-1, -2)) for c in range(nt)], 1)  # (b, nt, H)
+    exact = torch.stack(exact, 1)                                  # (b, nt, H)
     local = dGc.flip(2).cumsum(2).flip(2)                          # the sum within each chunk
     nxt = F.pad(exact[:, 1:], (0, 0, 0, 1))                        # dg at the next chunk's first step (0 after the last)
     return (local + nxt[:, :, None]).reshape(b, nt * chunk, H)[:, :l]
