@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -173,7 +174,16 @@ def check_saved_notebook(page, lab, timeout: float = 60):
     url = f"{lab['base']}/api/contents/{NOTEBOOK.name}?token={lab['token']}&content=1"
     deadline = time.time() + timeout
     while True:
-        code = [c for c in api(url)["content"]["cells"] if c["cell_type"] == "code"]
+        # The server writes a notebook in place (its "atomic" save guards against failed writes, not readers), so a
+        # read that lands while a save is being written sees an empty file and gets a 400: read again.
+        try:
+            nb = api(url)
+        except urllib.error.HTTPError as e:
+            if e.code != 400 or time.time() > deadline:
+                raise
+            time.sleep(0.5)
+            continue
+        code = [c for c in nb["content"]["cells"] if c["cell_type"] == "code"]
         if code and all(c.get("execution_count") for c in code):
             break
         if time.time() > deadline:
