@@ -242,9 +242,9 @@ def test_begun_parts_pin_the_kernels_their_records_name(tmp_path):
     d = tmp_path / "records"; d.mkdir()
     (d / "a.json").write_text(json.dumps(dict(part="V01", metrics=dict(backend_report=_report(conv="chunked")))))
     (d / "b.json").write_text(json.dumps(dict(part="V05", metrics=dict(backend_report=_report(conv="triton")))))
-    env, lines = rep.pins_for(["V01"], d)
+    env, lines = rep.pins_for(["V01"], rep.read_records(d))
     assert json.loads(env["CAB_BENCH_BACKENDS"])["causal_conv1d"] == "chunked" and lines[0].startswith("kernels of part V01: 1 of 1")
-    with pytest.raises(ValueError, match="would pin different kernels"): rep.pins_for(["V01", "V05"], d)
+    with pytest.raises(ValueError, match="would pin different kernels"): rep.pins_for(["V01", "V05"], rep.read_records(d))
 
 
 def test_deadline_estimates_a_cell_from_the_records(tmp_path, capsys):
@@ -253,10 +253,10 @@ def test_deadline_estimates_a_cell_from_the_records(tmp_path, capsys):
     for i, (t, n, task) in enumerate([(400, 2000, "vision"), (500, 2000, "vision"), (900, 2000, "vision"), (60, 10, "language")]):
         (d / f"r{i}.json").write_text(json.dumps(dict(part="V01", metrics=dict(task=task, run_time=t, steps=n))))
     cells = rep.parts()["V20"]
-    assert rep.estimate_cell_seconds(cells, d) == pytest.approx(500.0)
-    assert rep.estimate_cell_seconds([dict(c, config=dict(c["config"], max_steps=400)) for c in cells], d) == pytest.approx(100.0)
-    assert rep.estimate_cell_seconds(rep.parts()["LMAIN"], d) == pytest.approx(6.0 * 1280)
-    assert rep.estimate_cell_seconds(cells, tmp_path / "none") is None
+    assert rep.estimate_cell_seconds(cells, rep.read_records(d)) == pytest.approx(500.0)
+    assert rep.estimate_cell_seconds([dict(c, config=dict(c["config"], max_steps=400)) for c in cells], rep.read_records(d)) == pytest.approx(100.0)
+    assert rep.estimate_cell_seconds(rep.parts()["LMAIN"], rep.read_records(d)) == pytest.approx(6.0 * 1280)
+    assert rep.read_records(tmp_path / "none") == [] and rep.estimate_cell_seconds(cells, []) is None
     # the runner says what it assumed, and leaves a cell that would not finish before the deadline unstarted
     res = rep.run_part("V20", tmp_path / "out", workers=1, fashion=None, limit=1, deadline=100, recorded=d)
     assert "a whole cell is taken to need 500 s" in capsys.readouterr().out

@@ -281,10 +281,14 @@ def pin_env(sig:dict|None)->dict:
     return env
 
 
-def pins_for(names:list, recorded:Path|None)->tuple[dict, list]:
-    """The pinned environment for a call that runs parts `names` (the records under `recorded`), and a line per part.
+def read_records(recorded:Path|None)->list:
+    "Every run record under `recorded` ([] for None or a folder that does not exist)."
+    return [json.loads(p.read_text()) for p in sorted(recorded.glob("*.json"))] if recorded is not None and recorded.is_dir() else []
+
+
+def pins_for(names:list, every:list)->tuple[dict, list]:
+    """The pinned environment for a call that runs parts `names` (`every`: the run records), and a line per part.
     Parts that would pin different kernels cannot share one pool of workers."""
-    every = [json.loads(p.read_text()) for p in sorted(recorded.glob("*.json"))] if recorded is not None and recorded.is_dir() else []
     envs, lines = {}, []
     for n in names:
         sig, note = part_signature([r for r in every if r.get("part") == n])
@@ -296,13 +300,13 @@ def pins_for(names:list, recorded:Path|None)->tuple[dict, list]:
     return (next(iter(envs.values())) if envs else {}), lines
 
 
-def estimate_cell_seconds(cells:list, recorded:Path|None)->float|None:
+def estimate_cell_seconds(cells:list, every:list)->float|None:
     """Seconds a cell of `cells` is expected to train: the median time per step of the recorded runs of the same task
     (`run_time` / `steps`, at the concurrency they ran with) times the cell's steps; None without such records. The
     default of `est` when a deadline is given."""
-    if not cells or recorded is None or not recorded.is_dir(): return None
+    if not cells: return None
     task, steps = cells[0]["config"]["task"], max(c["config"]["max_steps"] for c in cells)
-    per = sorted(m["run_time"] / m["steps"] for m in (json.loads(p.read_text()).get("metrics") or {} for p in recorded.glob("*.json"))
+    per = sorted(m["run_time"] / m["steps"] for m in (r.get("metrics") or {} for r in every)
                  if m.get("task") == task and m.get("run_time") and m.get("steps"))
     return per[len(per) // 2] * steps if per else None
 
@@ -338,13 +342,15 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
     missing = [c for c in cells if not (out / c["config"]["run_name"] / "metrics.json").exists()
                and not (recorded is not None and max_steps is None and (recorded / f"{c['config']['run_name']}.json").exists())]
     todo = missing[:limit]
+    # the records that say a part's kernels and a cell's time: the committed ones also where they do not count as finished
+    every = read_records(recorded if recorded is not None else RECORDS)
     if deadline and est is None and todo:
-        est = estimate_cell_seconds(todo, recorded if recorded is not None else RECORDS)
+        est = estimate_cell_seconds(todo, every)
         print(f"deadline {deadline:.0f} s: a whole cell is taken to need {est:.0f} s (the median time a step of the "
               "task's records)" if est else "deadline: no record to estimate a cell's time from; every cell starts", flush=True)
     env = {}
     if pin:          # begun parts repeat the kernels their records name (paths, scan launch settings), in the workers
-        env, lines = pins_for(names, recorded if recorded is not None else RECORDS)
+        env, lines = pins_for(names, every)
         for line in lines: print(line, flush=True)
     ngpu = _gpu_count() if gpus is None else gpus
     print(f"part {name}: {len(cells)} cells, {len(cells) - len(missing)} finished, running {len(todo)} with {workers} workers"
