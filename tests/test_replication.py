@@ -257,6 +257,16 @@ def test_deadline_estimates_a_cell_from_the_records(tmp_path, capsys):
     assert rep.estimate_cell_seconds([dict(c, config=dict(c["config"], max_steps=400)) for c in cells], rep.read_records(d)) == pytest.approx(100.0)
     assert rep.estimate_cell_seconds(rep.parts()["LMAIN"], rep.read_records(d)) == pytest.approx(6.0 * 1280)
     assert rep.read_records(tmp_path / "none") == [] and rep.estimate_cell_seconds(cells, []) is None
+    # a resumed run: its run_time is the last call's only, its wall_time the training of all calls; records of the
+    # cells' own method, where there are any, are the ones that count
+    e = tmp_path / "resumed"; e.mkdir()
+    for i, (run, wall, method) in enumerate([(300, 700, "cab"), (900, 880, "cab"), (100, 100, "soft_kd")]):
+        (e / f"r{i}.json").write_text(json.dumps(dict(part="V05", metrics=dict(task="vision", method=method, steps=2000,
+                                                                                  run_time=run, wall_time=wall))))
+    cab = [c for c in cells if c["config"]["method"] == "cab"]
+    assert rep.estimate_cell_seconds(cab, rep.read_records(e)) == pytest.approx(900.0)        # median of 700, 900
+    vanilla = [c for c in cells if c["config"]["method"] == "vanilla"]
+    assert rep.estimate_cell_seconds(vanilla, rep.read_records(e)) == pytest.approx(700.0)    # no vanilla: all three
     # the runner says what it assumed, and leaves a cell that would not finish before the deadline unstarted
     res = rep.run_part("V20", tmp_path / "out", workers=1, fashion=None, limit=1, deadline=100, recorded=d)
     assert "a whole cell is taken to need 500 s" in capsys.readouterr().out

@@ -302,12 +302,17 @@ def pins_for(names:list, every:list)->tuple[dict, list]:
 
 def estimate_cell_seconds(cells:list, every:list)->float|None:
     """Seconds a cell of `cells` is expected to train: the median time per step of the recorded runs of the same task
-    (`run_time` / `steps`, at the concurrency they ran with) times the cell's steps; None without such records. The
-    default of `est` when a deadline is given."""
+    (at the concurrency they ran with) times the cell's steps; None without such records. A run's time is the larger of
+    its `run_time` (the last process's run, evaluation included) and its `wall_time` (training summed over every
+    resumed call): a resumed run's `run_time` covers its last call only. Where records of the cells' own methods
+    exist, only those count (CAB's step costs more than soft_kd's). The default of `est` when a deadline is given."""
     if not cells: return None
     task, steps = cells[0]["config"]["task"], max(c["config"]["max_steps"] for c in cells)
-    per = sorted(m["run_time"] / m["steps"] for m in (r.get("metrics") or {} for r in every)
-                 if m.get("task") == task and m.get("run_time") and m.get("steps"))
+    methods = {c["config"].get("method") for c in cells}
+    ms = [m for m in (r.get("metrics") or {} for r in every) if m.get("task") == task and m.get("steps")
+          and max(m.get("run_time") or 0, m.get("wall_time") or 0) > 0]
+    ms = [m for m in ms if m.get("method") in methods] or ms
+    per = sorted(max(m.get("run_time") or 0, m.get("wall_time") or 0) / m["steps"] for m in ms)
     return per[len(per) // 2] * steps if per else None
 
 
