@@ -48,7 +48,8 @@ def auto_refusal(op:str, device:torch.device)->str:
     # the module is looked up by name, as every Triton path is (`TRITON_PATHS`): no import at load time
     unsafe = importlib.import_module(TRITON_PATHS["ssd_scan"][0]).fla_backward_unsafe(device)
     return (f"fla's own backward is unsafe here ({unsafe}) and the replacement backward is not yet verified at long "
-            "sequences; ask for it with backend='triton'") if unsafe else ""
+            "sequences on a GPU (and in a Mamba-2 LM's training step on an H200 it was slower than the chunked path); "
+            "ask for it with backend='triton'") if unsafe else ""
 
 @functools.cache
 def kernel(name:str)->tuple[Callable|None, str]:
