@@ -330,13 +330,16 @@ def test_lm_step_backend_script(tmp_path):
     "Every stage x path is timed, and two paths (here chunked vs the sequential reference) give the same first loss."
     out = tmp_path / "lm_step.json"
     r = subprocess.run([sys.executable, "-m", "bench.studies.lm_step_backend", "--smoke", "--backends", "chunked,ref",
-                        "--stages", "soft_kd/kd,cab/align", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        "--stages", "soft_kd/kd,cab/align", "--profile", "--top", "5", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     p = json.loads(out.read_text())["points"]
     for k in ("soft_kd/kd", "cab/align"):
         assert all(p[f"{k}/{be}"]["ms"] > 0 and p[f"{k}/{be}"]["ssd_path"]["path"] == be for be in ("chunked", "ref"))
         assert p[f"{k}/loss_rel_diff"] < 1e-4, p
     assert p["soft_kd/kd/chunked"]["first_loss"] != p["cab/align/chunked"]["first_loss"]   # each stage its own loss
+    prof = p["soft_kd/kd/chunked"]["profile"]                 # --profile: the operators by time (no kernels on a CPU)
+    assert prof["steps"] == 2 and 0 < len(prof["ops"]) <= 5 and all(o["cpu_ms"] > 0 for o in prof["ops"])
 
 
 @pytest.mark.slow

@@ -7,9 +7,12 @@ MLP 1536, vocabulary 49,152, tied embeddings): a step's time and memory do not d
 to reach the machine. The student is the grid's `mamba2_smollm2`; each stage is built with the grid's own method
 options (`bench.studies.replication.LANGUAGE_METHODS`). Per stage and path: ms per step (after warm-up; the first
 steps compile and autotune), the allocator's peak, and the first step's loss, whose relative difference between the
-two paths (same weights, same batch) says they compute the same function.
+two paths (same weights, same batch) says they compute the same function. With `--profile`, each point also gets
+torch.profiler's table of two more steps (`benchlib.profile_top`: kernels and operators by device time), to say
+where one path's extra time goes.
 
     python -m bench.studies.lm_step_backend --out bench/results/lm_step_backend_h200.json
+    python -m bench.studies.lm_step_backend --stages soft_kd/kd --steps 4 --warm 3 --profile --out lm_profile.json
     python -m bench.studies.lm_step_backend --smoke --out lm_step_cpu.json     # a tiny pair on any device: the code path
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.bench_step import StageStep
-from bench.benchlib import environment, sync, write_json
+from bench.benchlib import environment, profile_top, sync, write_json
 from cab_bench.distill import build_method
 from cab_bench.models import create_student
 from cab_bench.models.teachers import Teacher
@@ -65,6 +68,8 @@ def main(argv=None)->dict:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per stage and path")
     ap.add_argument("--warm", type=int, default=4, help="untimed steps first (compile, autotune)")
     ap.add_argument("--smoke", action="store_true", help="tiny teacher and student: checks the script on any device")
+    ap.add_argument("--profile", action="store_true", help="also profile 2 steps per point (kernels and operators by device time)")
+    ap.add_argument("--top", type=int, default=30, help="rows of each profile table")
     a = ap.parse_args(argv)
     from bench.studies.replication import LANGUAGE_METHODS
     stages = [s.split("/") for s in a.stages.split(",")]
@@ -97,6 +102,10 @@ def main(argv=None)->dict:
                                               first_loss=loss, ssd_path=backend_report(dev)["ssd_scan"])
                     print(f"{key}: {ms:.1f} ms/step, {b * l / ms * 1e3:,.0f} tokens/s, peak {f'{peak:.1f} GiB' if peak else '-'}, "
                           f"first loss {loss:.5f}", flush=True)
+                    if a.profile:
+                        prof = res["points"][key]["profile"] = profile_top(lambda: step(batch), dev, steps=2, top=a.top)
+                        head = ", ".join(f"{r['name'][:50]} {r['device_ms']:.1f}" for r in prof["kernels"][:5])
+                        print(f"{key}: profiled kernel time {prof['kernel_ms']:.1f} ms/step; top kernels (ms): {head}", flush=True)
                 except Exception as e:                     # one path failing (an OOM, a refused kernel) is recorded
                     res["points"][key] = dict(error=f"{type(e).__name__}: {e}")
                     print(f"{key}: {type(e).__name__}: {e}", flush=True)
