@@ -17,8 +17,8 @@ from .selective_scan import compute_dtype
 from .ssd import _check, _finish, prep_dt
 
 # %% auto #0
-__all__ = ['DG_CHUNK', 'DG_MAX_CHUNKS', 'fla_kernel', 'fla_unavailable', 'fla_backward_unsafe', 'gla_ref', 'dg_chunked',
-           'ssd_scan_fla']
+__all__ = ['DG_CHUNK', 'DG_MAX_CHUNKS', 'fla_kernel', 'fla_unavailable', 'fla_backward_unsafe', 'gla_ref', 'chunk_recurrence',
+           'dg_chunked', 'ssd_scan_fla']
 
 # %% ../../nbs/15_ops.fla_ssd.ipynb #9645462c
 @functools.cache
@@ -80,7 +80,21 @@ def gla_ref(
 def _rev(t:torch.Tensor)->torch.Tensor: return t.flip(1)
 
 DG_CHUNK = 32        # steps over which the backward sums dG; beyond them dg comes from the chunk states
-DG_MAX_CHUNKS = 64   # at most this many chunks (longer ones past 2,048 steps): the chunk states are walked in a loop
+DG_MAX_CHUNKS = 64   # at most this many chunks (longer ones past 2,048 steps)
+
+def chunk_recurrence(
+    x:torch.Tensor,               # (b, n, H) log factor of each step, <= 0
+    U:torch.Tensor,               # (b, n, H, ...) what each step adds
+)->torch.Tensor:                  # (b, n, H, ...) S_k = exp(x_k) S_{k-1} + U_k, from S_{-1} = 0
+    """All n states of a short linear recurrence at once, as one matrix product: S_k = sum over j <= k of
+    exp(x_{j+1} + ... + x_k) U_j. Each window's sum is taken over its own terms (a cumulative sum of the masked
+    terms), not as a difference of two running sums, which would cancel badly once the decay has added up."""
+    b, n, H = x.shape
+    xx = x.transpose(1, 2)[..., :, None].expand(b, H, n, n)       # [k, j] = x_k
+    below = torch.ones(n, n, dtype=torch.bool, device=x.device).tril(-1)
+    W = xx.masked_fill(~below, 0).cumsum(-2)                         # [k, j] = x_{j+1} + ... + x_k for k > j
+    W = torch.exp(W.masked_fill(~torch.ones_like(below).tril(), -math.inf))
+    return torch.einsum("bhkj,bjhf->bkhf", W, U.flatten(3)).view(U.shape)
 
 def dg_chunked(
     dG:torch.Tensor,              # (b, L, H) q.dq - k.dk per step (with dS_L.S_L added at the last step)
@@ -104,20 +118,14 @@ def dg_chunked(
     # each chunk's own contribution to the state after it, and to the adjoint at its first step
     U = torch.einsum("bnch,bnchk,bnchv->bnhkv", torch.exp(Gc[:, :, -1:] - Gc), kc, vc)
     V = torch.einsum("bnch,bnchk,bnchv->bnhkv", torch.exp(Gc - Gc[:, :, :1]), qc, oc)
-    decay = torch.exp(Gc[:, :, -1])                                # (b, nt, H) across a whole chunk
-    S = torch.zeros(b, H, k.shape[-1], v.shape[-1], dtype=cd, device=dG.device) if h0 is None else h0.to(cd)
-    before = []
-    for c in range(nt):                                            # forward: the state before each chunk
-        before.append(S)
-        S = decay[:, c, :, None, None] * S + U[:, c]
-    dS = torch.zeros_like(S) if dhT is None else dhT.to(cd)
-    exact = [None] * nt                                            # dg at each chunk's first step, exactly
-    for c in reversed(range(nt)):                                  # backward: the adjoint at each chunk's first step
-        into = torch.exp(Gc[:, c, -1] - Gc[:, c, 0])               # from the chunk's first step to past its last
-        dS = V[:, c] + into[..., None, None] * dS
-        exact[c] = torch.exp(Gc[:, c, 0]) * (dS * before[c]).sum((-1, -2))              # (b, H)
-        dS = torch.exp(Gc[:, c, 0])[..., None, None] * dS          # through the chunk's first decay, to the step before
-    exact = torch.stack(exact, 1)                                  # (b, nt, H)
+    zero = lambda t: torch.zeros_like(U[:, :1]) if t is None else t.to(cd)[:, None]
+    # forward: the state before each chunk; step c of this recurrence adds chunk c-1 after its whole decay
+    before = chunk_recurrence(F.pad(Gc[:, :-1, -1], (0, 0, 1, 0)), torch.cat([zero(h0), U[:, :-1]], 1))
+    # backward, in reversed chunk order: the adjoint at each chunk's first step, which passes to the chunk before it
+    # through the chunk's own decay (first step to past the last) and the next chunk's first decay
+    m = Gc[:, :, -1] - Gc[:, :, 0] + F.pad(Gc[:, 1:, 0], (0, 0, 0, 1))
+    adj = chunk_recurrence(F.pad(m.flip(1), (0, 0, 1, 0)), torch.cat([zero(dhT), V.flip(1)], 1))[:, 1:].flip(1)
+    exact = torch.exp(Gc[:, :, 0]) * (adj * before).sum((-1, -2))  # (b, nt, H) dg at each chunk's first step, exactly
     local = dGc.flip(2).cumsum(2).flip(2)                          # the sum within each chunk
     nxt = F.pad(exact[:, 1:], (0, 0, 0, 1))                        # dg at the next chunk's first step (0 after the last)
     return (local + nxt[:, :, None]).reshape(b, nt * chunk, H)[:, :l]
