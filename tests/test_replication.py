@@ -95,6 +95,9 @@ def test_sigterm_stops_with_checkpoints_and_the_next_call_resumes(tmp_path):
     while not (log.exists() and any(json.loads(l).get("step", 0) >= 10 for l in log.read_text().splitlines() if l.strip())):
         assert p.poll() is None and time.time() - t < 300, "the cell ended or never started"
         time.sleep(0.02)
+    running = [json.loads(f.read_text()) for f in (out / "_logs" / "sessions").glob("T-*.json")]   # written from the start
+    assert len(running) == 1 and running[0]["complete"] is False, running
+    assert running[0]["cells"]["t-soft_kd"] == "running or waiting" and running[0]["seconds"] >= 0
     p.send_signal(signal.SIGTERM)
     res, text = _result(p)
     by = {r["run_name"]: r for r in res}
@@ -109,7 +112,7 @@ def test_sigterm_stops_with_checkpoints_and_the_next_call_resumes(tmp_path):
     assert rep.collect(out, tmp_path / "records", commit="test") == 0        # not grid cells: nothing collected
     sessions = sorted((tmp_path / "records" / rep.SESSIONS).glob("T-*.json"))  # but each runner call's time record
     got = sorted((json.loads(f.read_text()) for f in sessions), key=lambda g: g["started_unix"])
-    assert len(got) == 2 and all(g["part"] == "T" and g["seconds"] > 0 and g["workers"] == 1 for g in got), got
+    assert len(got) == 2 and all(g["part"] == "T" and g["seconds"] > 0 and g["workers"] == 1 and g["complete"] for g in got), got
     assert got[0]["cells"]["t-soft_kd"] == f"stopped at step {step}" and got[0]["cells"]["t-vanilla"] != "finished"
     assert got[1]["cells"] == {"t-soft_kd": "finished", "t-vanilla": "finished"}
 

@@ -382,29 +382,37 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
     old_alarm = signal.signal(signal.SIGALRM, on_term)          # `budget`: the same stop, from a timer
     if budget: signal.alarm(max(1, int(budget)))
     done = []
+    # the call's time record exists from the start and is rewritten as each cell ends: a call killed from outside
+    # (past a job's limit, before its own stop finished) still leaves its time and the cells that had ended
+    session = lambda complete: _write_session(out, name, t_start, workers, ngpu, todo, done, complete)
+    session(False)
     pool = mp.get_context("spawn").Pool(workers, initializer=_idle_worker, maxtasksperchild=1)
     try:
         for r in pool.imap_unordered(_worker, jobs):
             done.append(r)
+            session(False)
             if r["ok"] is None: print(f"left {r['run_name']}: {r['why']}", flush=True); continue
             print(("ok  " if r["ok"] else "ERR ") + f"{r['run_name']} gpu={r['gpu']} {r['seconds']:.0f}s "
                   + (f"student={r['student']} steps/s={r.get('rate') or 0:.2f}" if r["ok"] else r["error"]), flush=True)
-        pool.close(); pool.join()
     finally:
+        # every result is in (or the call is failing): the pool is ended at once, not joined, since a pool of
+        # one-task workers has begun spawning fresh idle ones, which a join would wait for (seconds each)
         signal.alarm(0)
         pool.terminate(); signal.signal(signal.SIGTERM, old); signal.signal(signal.SIGALRM, old_alarm)
         stop_file.unlink(missing_ok=True)
-        _write_session(out, name, t_start, workers, ngpu, todo, done)
+        session(True)
     return done
 
 
-def _write_session(out:Path, part:str, t_start:float, workers:int, ngpu:int, todo:list, done:list):
+def _write_session(out:Path, part:str, t_start:float, workers:int, ngpu:int, todo:list, done:list, complete:bool=True):
     """One JSON per call of `run_part` under out/_logs/sessions/: when it ran, for how long (the GPU time this part
-    held, its runs sharing the GPUs), with how many processes, which cells it ran and how each ended."""
+    held, its runs sharing the GPUs), with how many processes, which cells it ran and how each ended. Written while
+    the call runs too (`complete` false: the time so far, cells not ended yet 'running or waiting')."""
     end = {r["run_name"]: ("finished" if r["ok"] else "failed" if r["ok"] is False else r["why"]) for r in done}
+    rest = "not reached" if complete else "running or waiting"
     rec = dict(part=part, started=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)), started_unix=round(t_start, 3),
-               seconds=round(time.time() - t_start, 1), workers=workers, gpus=ngpu, machine=_gpu(),
-               cells={c["config"]["run_name"]: end.get(c["config"]["run_name"], "not reached") for c in todo})
+               seconds=round(time.time() - t_start, 1), complete=complete, workers=workers, gpus=ngpu, machine=_gpu(),
+               cells={c["config"]["run_name"]: end.get(c["config"]["run_name"], rest) for c in todo})
     d = out / "_logs" / "sessions"
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{part.replace(',', '+')}-{time.strftime('%Y%m%dT%H%M%S', time.localtime(t_start))}-{os.getpid()}.json").write_text(json.dumps(rec, indent=1))
@@ -459,7 +467,7 @@ def collect(out:Path, records:Path=RECORDS, commit:str|None=None)->int:
     sessions = records / SESSIONS                   # the runner's own time records, kept beside the runs' records
     for f in sorted((out / "_logs" / "sessions").glob("*.json")):
         sessions.mkdir(parents=True, exist_ok=True)
-        if not (sessions / f.name).exists(): shutil.copyfile(f, sessions / f.name)
+        shutil.copyfile(f, sessions / f.name)       # a call's file only grows while it runs: the newest copy wins
     return n
 
 
