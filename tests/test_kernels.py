@@ -157,7 +157,6 @@ def test_fla_mapping_and_backward_with_materialised_kernel(seed):
     for k in keys: torch.testing.assert_close(gr[k], g0[k], msg=k)
 
 
-
 def gla_chunked64(q, k, v, g, h0=None, T=128):
     """A float64 GLA forward in chunks of `T` steps (exact, memory linear in L): `gla_ref` materialises an (L, L)
     decay matrix, too large at language-model lengths. Returns (o, final state) in the inputs' dtype."""
@@ -183,25 +182,26 @@ def _tf32_round(t):
     return torch.ldexp(torch.round(m * 2 ** 11) / 2 ** 11, e)
 
 
-def long_case_errors(l, A_scale, seed, gla):
-    """Errors of ssd_scan_fla's replacement backward (forward kernel `gla`) against the chunked SSD in float64, at
-    the GPU test's long-sequence shape: every gradient."""
-    x = random_ssd_inputs(b=1, l=l, h=4, p=64, g=1, n=64, dtype=torch.float64, seed=seed)
+def long_case_errors(l, A_scale, seed, gla=None, dtype=torch.float64, device="cpu"):
+    """Errors of ssd_scan_fla's replacement backward (forward kernel `gla`; None: fla's) with `dtype` inputs against
+    the chunked SSD in float64, at the long-sequence shape of the fla tests: the output, the state, every gradient."""
+    x = random_ssd_inputs(b=1, l=l, h=4, p=64, g=1, n=64, dtype=torch.float64, device=device, seed=seed)
     x["A"] = x["A"] * A_scale
     keys = ["x", "dt", "A", "B", "C", "D", "dt_bias", "initial_states"]
 
-    def run(fn, **kw):
-        a = {k: x[k].clone().requires_grad_() for k in keys}
+    def run(fn, dtype, **kw):
+        a = {k: x[k].to(dtype).clone().requires_grad_() for k in keys}
         y, s = fn(a["x"], a["dt"], a["A"], a["B"], a["C"], 256, D=a["D"], dt_bias=a["dt_bias"],
                   initial_states=a["initial_states"], dt_softplus=True, return_final_states=True, **kw)
-        gen = torch.Generator().manual_seed(2)
-        gy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
-        gs = torch.randn(s.shape, generator=gen, dtype=torch.float64)
-        ((y * gy).sum() + (s * gs).sum()).backward()
+        gen = torch.Generator(device=device).manual_seed(2)
+        gy = torch.randn(y.shape, generator=gen, device=device, dtype=torch.float64)
+        gs = torch.randn(s.shape, generator=gen, device=device, dtype=torch.float64)
+        ((y.double() * gy).sum() + (s.double() * gs).sum()).backward()
         return {"y": y.detach(), "s": s.detach(), **{k: a[k].grad for k in keys}}
 
-    ref, got = run(ssd_scan, backend="chunked"), run(ssd_scan_fla, backward="fwd-kernels", gla=gla)
-    return {k: rel(got[k], ref[k]) for k in ref}
+    ref = run(ssd_scan, torch.float64, backend="chunked")
+    got = run(ssd_scan_fla, dtype, backward="fwd-kernels", **({} if gla is None else dict(gla=gla)))
+    return {k: float(rel(got[k], ref[k])) for k in ref}
 
 
 @pytest.mark.parametrize("A_scale,seed", [(1.0, 0), (0.05, 1)])
@@ -217,6 +217,7 @@ def test_fla_replacement_backward_exact_at_long_sequences(A_scale, seed):
     assert 5e-5 < per_step < 1e-3, noisy                   # tf32's rounding of the outputs, carried through unchanged
     if A_scale == 1.0:                                      # fast decay: the sums over time cancel the most
         assert max(noisy["A"], noisy["dt_bias"]) > 3 * per_step, noisy
+
 
 def test_cpu_dispatch_unchanged():
     "On CPU tensors `auto` still takes the PyTorch paths; backend_report says why; fla names its unavailability."
@@ -425,24 +426,8 @@ def test_fla_replacement_backward_long_sequences(l):
     every gradient, fp32 and bf16 inputs, strong and weak decay (where long sequences hurt a reversed scan most)."""
     need_triton("ssd_scan")
     for A_scale, seed in ((1.0, 0), (0.05, 1)):                  # A as drawn (fast decay) and 20x smaller (slow)
-        x = random_ssd_inputs(b=1, l=l, h=4, p=64, g=1, n=64, dtype=torch.float64, device=DEV, seed=seed)
-        x["A"] = x["A"] * A_scale
-        keys = ["x", "dt", "A", "B", "C", "D", "dt_bias", "initial_states"]
-
-        def run(fn, dtype, **kw):
-            a = {k: x[k].to(dtype).clone().requires_grad_() for k in keys}
-            y, s = fn(a["x"], a["dt"], a["A"], a["B"], a["C"], 256, D=a["D"], dt_bias=a["dt_bias"],
-                      initial_states=a["initial_states"], dt_softplus=True, return_final_states=True, **kw)
-            gen = torch.Generator(device=DEV).manual_seed(2)
-            gy = torch.randn(y.shape, generator=gen, device=DEV, dtype=torch.float64)
-            gs = torch.randn(s.shape, generator=gen, device=DEV, dtype=torch.float64)
-            ((y.double() * gy).sum() + (s.double() * gs).sum()).backward()
-            return {"y": y.detach(), "s": s.detach(), **{k: a[k].grad for k in keys}}
-
-        ref = run(ssd_scan, torch.float64, backend="chunked")
         for dtype, tol in ((torch.float32, 5e-3), (torch.bfloat16, 5e-2)):
-            got = run(ssd_scan_fla, dtype, backward="fwd-kernels")
-            errs = {k: float(rel(got[k], ref[k])) for k in ref}
+            errs = long_case_errors(l, A_scale, seed, dtype=dtype, device=DEV)
             # fla's float32 kernels multiply in tf32 (~1e-3 per gradient); A and dt_bias are sums over all L steps
             # whose terms cancel, which multiplies that by ~4 (H200 at L 8192: A 5.7e-3 against 1.4e-3 for x, B,
             # C); `test_fla_replacement_backward_exact_at_long_sequences` shows the backward itself is exact there

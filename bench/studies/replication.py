@@ -309,10 +309,10 @@ def estimate_cell_seconds(cells:list, every:list)->float|None:
     if not cells: return None
     task, steps = cells[0]["config"]["task"], max(c["config"]["max_steps"] for c in cells)
     methods = {c["config"].get("method") for c in cells}
-    ms = [m for m in (r.get("metrics") or {} for r in every) if m.get("task") == task and m.get("steps")
-          and max(m.get("run_time") or 0, m.get("wall_time") or 0) > 0]
+    secs = lambda m: max(m.get("run_time") or 0, m.get("wall_time") or 0)
+    ms = [m for m in (r.get("metrics") or {} for r in every) if m.get("task") == task and m.get("steps") and secs(m) > 0]
     ms = [m for m in ms if m.get("method") in methods] or ms
-    per = sorted(max(m.get("run_time") or 0, m.get("wall_time") or 0) / m["steps"] for m in ms)
+    per = sorted(secs(m) / m["steps"] for m in ms)
     return per[len(per) // 2] * steps if per else None
 
 
@@ -352,7 +352,7 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
     if deadline and est is None and todo:
         est = estimate_cell_seconds(todo, every)
         print(f"deadline {deadline:.0f} s: a whole cell is taken to need {est:.0f} s (the median time a step of the "
-              "task's records)" if est else "deadline: no record to estimate a cell's time from; every cell starts", flush=True)
+              "task's records, of the cells' own methods where there are any)" if est else "deadline: no record to estimate a cell's time from; every cell starts", flush=True)
     env = {}
     if pin:          # begun parts repeat the kernels their records name (paths, scan launch settings), in the workers
         env, lines = pins_for(names, every)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..core import CabError
 from .selective_scan import compute_dtype
-from .ssd import _check, _finish, prep_dt
+from .ssd import _check, _finish, prep_dt, segsum
 
 # %% auto #0
 __all__ = ['DG_CHUNK', 'DG_MAX_CHUNKS', 'fla_kernel', 'fla_unavailable', 'fla_backward_unsafe', 'gla_ref', 'chunk_recurrence',
@@ -87,13 +87,9 @@ def chunk_recurrence(
     U:torch.Tensor,               # (b, n, H, ...) what each step adds
 )->torch.Tensor:                  # (b, n, H, ...) S_k = exp(x_k) S_{k-1} + U_k, from S_{-1} = 0
     """All n states of a short linear recurrence at once, as one matrix product: S_k = sum over j <= k of
-    exp(x_{j+1} + ... + x_k) U_j. Each window's sum is taken over its own terms (a cumulative sum of the masked
-    terms), not as a difference of two running sums, which would cancel badly once the decay has added up."""
-    b, n, H = x.shape
-    xx = x.transpose(1, 2)[..., :, None].expand(b, H, n, n)       # [k, j] = x_k
-    below = torch.ones(n, n, dtype=torch.bool, device=x.device).tril(-1)
-    W = xx.masked_fill(~below, 0).cumsum(-2)                         # [k, j] = x_{j+1} + ... + x_k for k > j
-    W = torch.exp(W.masked_fill(~torch.ones_like(below).tril(), -math.inf))
+    exp(x_{j+1} + ... + x_k) U_j. Each window's sum is taken over its own terms (`ssd.segsum`), not as a difference
+    of two running sums, which would cancel badly once the decay has added up."""
+    W = torch.exp(segsum(x.transpose(1, 2)))                         # (b, H, n, n): [k, j] = exp(x_{j+1} + ... + x_k)
     return torch.einsum("bhkj,bjhf->bkhf", W, U.flatten(3)).view(U.shape)
 
 def dg_chunked(
