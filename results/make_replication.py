@@ -384,7 +384,7 @@ def provenance_rows(results, sessions=())->list:
         sub = [r for r in results if r["part"] == part]
         wall = sum(r["metrics"].get("wall_time") or 0 for r in sub) / 3600
         mine = [x for x in sessions if part in x["part"].split(",")]
-        held = (f"{sum(x['seconds'] * _share(x, part) for x in mine) / 3600:.2f} ({len(mine)} calls, up to "
+        held = (f"{sum(x['seconds'] * _share(x, part) for x in mine) / 3600:.2f} ({len(mine)} call{'s' if len(mine) != 1 else ''}, up to "
                 f"{max(x['workers'] for x in mine)} runs at once)" if mine else "not recorded")
         rows.append([part, str(len(sub)), ", ".join(sorted({r["commit"][:10] for r in sub})),
                      ", ".join(sorted({r["machine"] for r in sub})), ", ".join(sorted({_precision(r) for r in sub})),
