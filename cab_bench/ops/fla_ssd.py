@@ -126,10 +126,34 @@ def dg_chunked(
     nxt = F.pad(exact[:, 1:], (0, 0, 0, 1))                        # dg at the next chunk's first step (0 after the last)
     return (local + nxt[:, :, None]).reshape(b, nt * chunk, H)[:, :l]
 
+def _batched_runs(fwd, runs:list)->list:
+    """`fwd(q, k, v, g, h0)` of every run in `runs`, with the runs whose q and v widths agree stacked along the batch
+    into one call (one launch of each kernel instead of one per run; a missing initial state is a zero one)."""
+    out, i = [], 0
+    while i < len(runs):
+        j = i + 1
+        while j < len(runs) and (runs[j][0].shape[-1], runs[j][2].shape[-1]) == (runs[i][0].shape[-1], runs[i][2].shape[-1]): j += 1
+        grp = runs[i:j]
+        if len(grp) == 1:
+            q, k, v, g, h0 = grp[0]
+            out.append(fwd(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), None if h0 is None else h0.contiguous()))
+        else:
+            q, k, v, g = (torch.cat([r[n] for r in grp]) for n in range(4))
+            hs = [r[4] for r in grp]
+            like = next((h for h in hs if h is not None), None)
+            b, H, K, V = q.shape[0] // len(grp), q.shape[2], q.shape[3], v.shape[3]
+            h0 = None if like is None else torch.cat(
+                [like.new_zeros(b, H, K, V) if h is None else h.to(like.dtype) for h in hs])
+            o, hT = fwd(q, k, v, g, h0)
+            out += list(zip(o.split(b), hT.split(b)))
+        i = j
+    return out
+
 class _GlaFwdKernels(torch.autograd.Function):
     """Gated linear attention whose backward is three more runs of the forward kernel (no fla backward kernel):
     dq is the forward with (q, k, v) = (do, v, k); dk and dv are forwards over the reversed sequence; dg follows
-    from q.dq - k.dk (summed from the end)."""
+    from q.dq - k.dk (summed from the end). The three runs go to the kernel as one batch where the key and value
+    widths are equal (as two otherwise: dq's and dk's share their shapes)."""
     @staticmethod
     def forward(ctx, q, k, v, g, h0, fwd):
         o, hT = fwd(q, k, v, g, h0)
@@ -143,11 +167,13 @@ class _GlaFwdKernels(torch.autograd.Function):
         fwd = ctx.fwd
         do = torch.zeros_like(v) if do is None else do.to(v.dtype).contiguous()
         # reversed time: step r of the reversed run decays by g at original step L - r (nothing at r = 0)
-        gr = F.pad(_rev(g)[:, :-1], (0, 0, 1, 0)).contiguous()
-        tr = lambda t: None if t is None else t.transpose(-1, -2).contiguous()
-        dq, _ = fwd(do, v, k, g, tr(h0))                               # (b, L, H, K)
-        dk, _ = fwd(_rev(v).contiguous(), _rev(do).contiguous(), _rev(q).contiguous(), gr, tr(dhT))
-        dv, dh0 = fwd(_rev(k).contiguous(), _rev(q).contiguous(), _rev(do).contiguous(), gr, dhT)
+        gr = F.pad(_rev(g)[:, :-1], (0, 0, 1, 0))
+        tr = lambda t: None if t is None else t.transpose(-1, -2)
+        rq, rdo = _rev(q), _rev(do)
+        (dq, _), (dk, _), (dv, dh0) = _batched_runs(fwd, [
+            (do, v, k, g, tr(h0)),                                     # dq (b, L, H, K)
+            (_rev(v), rdo, rq, gr, tr(dhT)),                           # dk, in reversed time
+            (_rev(k), rq, rdo, gr, dhT)])                              # dv, in reversed time; its final state: dS_0
         dk, dv = _rev(dk), _rev(dv)
         cd = g.dtype
         dG = (q.to(cd) * dq.to(cd)).sum(-1) - (k.to(cd) * dk.to(cd)).sum(-1)   # (b, L, H): dLoss/d(cumulative g)
