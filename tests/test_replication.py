@@ -117,6 +117,38 @@ def test_sigterm_stops_with_checkpoints_and_the_next_call_resumes(tmp_path):
     assert got[1]["cells"] == {"t-soft_kd": "finished", "t-vanilla": "finished"}
 
 
+EXIT_SCRIPT = r'''
+import atexit, sys, time
+from bench.studies import replication as rep
+def slow_exit():                      # stands in for torch's exit handler that waits on its compile workers
+    print("EXITING", flush=True); time.sleep(120)
+atexit.register(slow_exit)            # registered first (at torch's import, in a worker): runs after _quiet_exit
+rep._end_of_cell()
+print("CELL ENDED", flush=True)
+sys.stdin.readline()                  # the test's SIGTERM arrives here: ignored, the result would still be on its way
+print("RESULT SENT", flush=True)
+'''
+
+
+def test_a_worker_past_its_cell_ends_quietly_on_sigterm():
+    """After its cell a worker ignores SIGTERM until it has sent its result, then at its exit a SIGTERM (the pool's
+    teardown) ends it at once, without a traceback, however long an earlier exit handler would wait."""
+    p = subprocess.Popen([sys.executable, "-c", EXIT_SCRIPT], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    assert p.stdout.readline().strip() == "CELL ENDED"
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert p.poll() is None                                   # ignored while the result would still be on its way
+    p.stdin.write("\n"); p.stdin.flush()
+    assert p.stdout.readline().strip() == "RESULT SENT"
+    assert p.stdout.readline().strip() == "EXITING"           # in the slow exit handler now
+    t = time.time()
+    p.send_signal(signal.SIGTERM)
+    rest, _ = p.communicate(timeout=30)
+    assert p.returncode == -signal.SIGTERM and time.time() - t < 10, (p.returncode, rest)
+    assert "Traceback" not in rest, rest
+
+
 def test_portable_records_name_no_machine_folder():
     "A record keeps no folder of the machine that ran it: its Fashion-MNIST copy and an absolute --out are rewritten."
     rec = dict(config=dict(data="fashion_mnist:/somewhere/fashion", out_dir="/home/someone/runs/replication"),
@@ -192,7 +224,7 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
     assert sorted(js["figures"]) == ["language_ppl.png", "similarity_language.png", "similarity_vision.png", "vision_top1.png"]
     for f in js["figures"]: assert (tmp_path / "replication" / "figures" / f).read_bytes()[:4] == b"\x89PNG"
     held = {p["part"]: p["gpu_hours_held"] for p in js["provenance"]}
-    assert held == {"V10": "1.00 (2 calls, up to 6 runs at once)", "VABL": "0.50 (1 calls, up to 2 runs at once)",
+    assert held == {"V10": "1.00 (2 calls, up to 6 runs at once)", "VABL": "0.50 (1 call, up to 2 runs at once)",
                     "LMAIN": "not recorded", "LSPLIT": "not recorded"}
 
 

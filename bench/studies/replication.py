@@ -66,6 +66,7 @@ other two splits only.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import multiprocessing as mp
 import os
@@ -197,7 +198,26 @@ def _done_frac(run_dir:Path, max_steps:int)->float:
     return 0.0 if ck is None else min(1.0, int(ck.name[5:]) / max_steps)
 
 
+def _quiet_exit():
+    "Registered by `_end_of_cell`: from here on the worker has sent its result, and a SIGTERM simply ends it."
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _end_of_cell():
+    """After a cell, whatever its end: a SIGTERM is ignored until the result has gone to the pool, then (at the
+    process's exit, before the exit handlers registered earlier, which run later) it ends the worker at once. Without
+    this, the pool's teardown met `_stop_now` inside torch's exit handler (its compile workers' shutdown, which can
+    wait minutes): a traceback per worker, and a worker that outlived its cell."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    atexit.register(_quiet_exit)
+
+
 def _worker(args):
+    try: return _run_cell(args)
+    finally: _end_of_cell()
+
+
+def _run_cell(args):
     cfg, log, gpu, t_start, deadline, est, slim, env = args
     os.environ.update(env)         # the pinned kernels (`pins_for`): before cab_bench is imported in this process
     if gpu is not None: os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)      # before torch is imported in this process
