@@ -66,8 +66,8 @@ other two splits only.
 Measured on 2026-12-04 (`results/replication/device_logs/2026-12-04[a-c]_*`): V05's cab and mohawk cells (3 each, 6
 workers) took two calls: CAB ran 1.45 steps/s each while MOHAWK's orientation stage ran beside it (2.3 averaged over
 the second call, most of which came after); MOHAWK's 101 orientation steps (per-head transfer matrices of 48 scans)
-took about 600 s of its cell's 960-s wall time, its 1,899 other steps the rest. V20's vanilla and soft_kd cells, the first of that part and so on the package's
-defaults of the day (the Triton causal conv, the scan's 'staged' I/O for wide launches), ran 5.4-5.7 steps/s each with
+took about 600 s of its cell's 960-s wall time, its 1,899 other steps the rest. V20's vanilla and soft_kd cells, the
+first of that part and so on the package's defaults of the day (the Triton causal conv, the scan's 'staged' I/O for wide launches), ran 5.4-5.7 steps/s each with
 6 workers (a cell in 373-391 s) where V01's KD cells on the chunked conv ran 4.1-4.4: the new defaults are faster,
 and each part keeps its own kernels (`results/REPLICATION.md`, Kernels).
 """

@@ -48,8 +48,8 @@ def auto_refusal(op:str, device:torch.device)->str:
     # the module is looked up by name, as every Triton path is (`TRITON_PATHS`): no import at load time
     unsafe = importlib.import_module(TRITON_PATHS["ssd_scan"][0]).fla_backward_unsafe(device)
     return (f"fla's own backward is unsafe here ({unsafe}); the replacement backward passes the GPU tests (up to 8,192 "
-            "steps) but a Mamba-2 LM's training step on an H200 was not faster with it than on the chunked path (367 "
-            "vs 373 ms, the kernels 245 vs 312 ms: the host is the limit); ask for it with backend='triton'") if unsafe else ""
+            "steps) but a Mamba-2 LM's training step on an H200 was not faster with it than on the chunked path (less "
+            "kernel time, but the host is the limit there: bench/results/lm_step_profile_h200.json); ask for it with backend='triton'") if unsafe else ""
 
 @functools.cache
 def kernel(name:str)->tuple[Callable|None, str]:

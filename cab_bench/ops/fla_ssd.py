@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Callable
 
@@ -129,24 +130,17 @@ def dg_chunked(
 def _batched_runs(fwd, runs:list)->list:
     """`fwd(q, k, v, g, h0)` of every run in `runs`, with the runs whose q and v widths agree stacked along the batch
     into one call (one launch of each kernel instead of one per run; a missing initial state is a zero one)."""
-    out, i = [], 0
-    while i < len(runs):
-        j = i + 1
-        while j < len(runs) and (runs[j][0].shape[-1], runs[j][2].shape[-1]) == (runs[i][0].shape[-1], runs[i][2].shape[-1]): j += 1
-        grp = runs[i:j]
-        if len(grp) == 1:
-            q, k, v, g, h0 = grp[0]
-            out.append(fwd(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), None if h0 is None else h0.contiguous()))
-        else:
-            q, k, v, g = (torch.cat([r[n] for r in grp]) for n in range(4))
-            hs = [r[4] for r in grp]
-            like = next((h for h in hs if h is not None), None)
-            b, H, K, V = q.shape[0] // len(grp), q.shape[2], q.shape[3], v.shape[3]
-            h0 = None if like is None else torch.cat(
-                [like.new_zeros(b, H, K, V) if h is None else h.to(like.dtype) for h in hs])
-            o, hT = fwd(q, k, v, g, h0)
-            out += list(zip(o.split(b), hT.split(b)))
-        i = j
+    out = []
+    for _, grp in itertools.groupby(runs, key=lambda r: (r[0].shape[-1], r[2].shape[-1])):   # neighbours of equal widths
+        grp = list(grp)
+        q, k, v, g = (torch.cat([r[n] for r in grp]) for n in range(4))     # contiguous, one run or several
+        hs = [r[4] for r in grp]
+        like = next((h for h in hs if h is not None), None)
+        b = runs[0][0].shape[0]
+        h0 = None if like is None else torch.cat(
+            [like.new_zeros(b, *like.shape[1:]) if h is None else h.to(like.dtype) for h in hs])
+        o, hT = fwd(q, k, v, g, h0)
+        out += list(zip(o.split(b), hT.split(b)))
     return out
 
 class _GlaFwdKernels(torch.autograd.Function):
