@@ -280,6 +280,13 @@ def test_begun_parts_pin_the_kernels_their_records_name(tmp_path):
     env, lines = rep.pins_for(["V01"], rep.read_records(d))
     assert json.loads(env["CAB_BENCH_BACKENDS"])["causal_conv1d"] == "chunked" and lines[0].startswith("kernels of part V01: 1 of 1")
     with pytest.raises(ValueError, match="would pin different kernels"): rep.pins_for(["V01", "V05"], rep.read_records(d))
+    # a part read against another's cells takes that part's kernels until it has records of its own
+    (d / "c.json").write_text(json.dumps(dict(part="V10", metrics=dict(backend_report=_report(conv="chunked")))))
+    env, lines = rep.pins_for(["VABL"], rep.read_records(d))
+    assert json.loads(env["CAB_BENCH_BACKENDS"])["causal_conv1d"] == "chunked" and "like part V10" in lines[0]
+    (d / "e.json").write_text(json.dumps(dict(part="VABL", metrics=dict(backend_report=_report(conv="triton")))))
+    env, lines = rep.pins_for(["VABL"], rep.read_records(d))
+    assert json.loads(env["CAB_BENCH_BACKENDS"])["causal_conv1d"] == "triton" and "like part" not in lines[0]
 
 
 def test_deadline_estimates_a_cell_from_the_records(tmp_path, capsys):

@@ -314,12 +314,21 @@ def read_records(recorded:Path|None)->list:
     return [json.loads(p.read_text()) for p in sorted(recorded.glob("*.json"))] if recorded is not None and recorded.is_dir() else []
 
 
+# A part whose rows are read against another part's cells (the Table 5/7 ablations against V10's `cab`; the 50/50 and
+# 90/10 splits against LMAIN's 10/90 cell) takes that part's kernels until it has records of its own.
+PIN_LIKE = {"VABL": "V10", "LSPLIT": "LMAIN"}
+
+
 def pins_for(names:list, every:list)->tuple[dict, list]:
     """The pinned environment for a call that runs parts `names` (`every`: the run records), and a line per part.
+    A part with no records of its own pins like the part its rows are compared with (`PIN_LIKE`).
     Parts that would pin different kernels cannot share one pool of workers."""
     envs, lines = {}, []
     for n in names:
-        sig, note = part_signature([r for r in every if r.get("part") == n])
+        own = [r for r in every if r.get("part") == n]
+        ref = PIN_LIKE.get(n) if not own else None
+        sig, note = part_signature(own or [r for r in every if r.get("part") == ref])
+        if ref and sig is not None: note = f"none of its own; like part {ref}, its reference: {note}"
         envs[n] = pin_env(sig)
         lines.append(f"kernels of part {n}: {note}" + (f"; pinned {envs[n]}" if envs[n] else ""))
     distinct = {json.dumps(e, sort_keys=True) for e in envs.values()}
