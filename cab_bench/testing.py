@@ -151,7 +151,7 @@ def use_triton_interpreter()->bool:
     os.environ["TRITON_INTERPRET"] = "1"
     tl = sys.modules.get("triton.language")
     if tl is not None and type(getattr(tl, "sum", None)).__name__ != "InterpretedFunction":
-        ours = ("cab_bench.ops.triton_scan", "cab_bench.ops.triton_conv", "cab_bench.ops.fla_ssd")
+        ours = ("cab_bench.ops.triton_scan", "cab_bench.ops.triton_conv", "cab_bench.ops.fla_ssd", "cab_bench.ops.triton_matrix")
         for m in [m for m in sys.modules if ((m == "triton" or m.startswith("triton.")) and not m.startswith("triton._C"))
                   or m in ours]:
             del sys.modules[m]

@@ -13,7 +13,9 @@ takes the Triton conv too where causal-conv1d is absent, `chunked` none.
 MOHAWK's matrix orientation (every layer's transfer matrices averaged per head, with gradient) is timed as a step,
 and the matrix alone (forward + backward of one direction of one layer at the grid's shape) each way: the per-head
 block factorisation (`head_scan_matrix`, eager at the block sizes `--blocks` names, and compiled at Q 4, which takes
-minutes to compile) and the mean of the per-channel matrices it replaced (`selective_scan_matrix`, compiled).
+minutes to compile), the Triton kernels (`ops.triton_matrix`, tiles of 16, 32 and 64) and the mean of the
+per-channel matrices (`selective_scan_matrix`, compiled). The orientation step on `auto` takes the Triton kernels, on
+`chunked` the eager blocks.
 
     python -m bench.studies.profile_fashion_step --out bench/results/profile_fashion_step_h200.json
     python -m bench.studies.profile_fashion_step --only steps --stages cab,soft_kd --backends auto,auto+step,chunked
@@ -31,6 +33,7 @@ import torch
 from cab_bench.distill import build_method
 from cab_bench.models import load_teacher, create_student
 from cab_bench.models.mamba import head_scan_matrix, selective_scan_matrix
+from cab_bench.ops.triton_matrix import head_scan_matrix_triton
 from cab_bench.ops import use_backend, backend_report
 from bench.bench_step import StageStep
 from bench.benchlib import profile_top, sync
@@ -47,7 +50,7 @@ def _time(step, batch, dev, n=20, warm=5)->float:
 
 
 def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,), out:dict|None=None, save=lambda: None,
-              compiled:bool=True)->dict:
+              compiled:bool=True, triton_blocks=(16, 32, 64))->dict:
     """Forward + backward of one direction's per-head matrix at the grid's shape, each way, in ms (and peak MiB), into
     `out`; `save()` after each way, so that a run cut off at its time limit keeps the ways it timed."""
     g = torch.Generator().manual_seed(0)
@@ -58,6 +61,7 @@ def matrix_ms(dev, b=128, l=50, E=384, N=16, H=3, n=10, qs=(4,), out:dict|None=N
     # the compiled block path last: its compile takes minutes
     ways = {"per_channel_mean/compiled": torch.compile(selective_scan_matrix, dynamic=False)} if compiled else {}
     for q in qs: ways[f"head_blocks_Q{q}/eager"] = lambda *x, q=q: head_scan_matrix(*x, chunk=q)
+    for bl in triton_blocks: ways[f"head_triton_BL{bl}"] = lambda *x, bl=bl: head_scan_matrix_triton(*x, block=bl)
     if compiled: ways["head_blocks_Q4/compiled"] = torch.compile(lambda *x: head_scan_matrix(*x, chunk=4), dynamic=False)
     out, ref = ({} if out is None else out), None
     for k, f in ways.items():
@@ -116,7 +120,7 @@ def main(argv=None):
             res.setdefault("reports", {})[entry] = dict(backend_report("cuda"), scan_settings=ts.launch_settings(50, a.batch * 384))
             for label, (m, opts) in STAGES.items():
                 if label not in a.stages.split(","): continue
-                if label == "mohawk" and be == "chunked": continue     # its matrices do not depend on the scan path
+                # MOHAWK's orientation runs no scan: `auto` forms its matrices with the Triton kernels, `chunked` with the eager blocks
                 teacher = load_teacher("default:fashion", device=dev)
                 torch.manual_seed(1)
                 meth = build_method(m, teacher, create_student("vim_fashion"), **opts)

@@ -417,11 +417,16 @@ def scan_matrix(
     dt:torch.Tensor, A:torch.Tensor, B:torch.Tensor, C:torch.Tensor,   # as `selective_scan_matrix`
     heads:int|None=None,     # H: the mean over each of H consecutive groups of channels (`head_scan_matrix`)
 )->torch.Tensor:             # (b, E|H, l, l)
-    """`selective_scan_matrix`, or with `heads` its mean per head (`head_scan_matrix`, eager: matrix products). The
-    per-channel form runs on CUDA through `torch.compile` (unless `compile_default()` is off: a run's
-    `torch_compile=False`, `CAB_BENCH_COMPILE=0`), so that the loop over states becomes a few fused kernels. Same
-    arithmetic as the per-channel sum, rounded in another order."""
-    if heads is not None: return head_scan_matrix(dt, A, B, C, heads)
+    """`selective_scan_matrix`, or with `heads` its mean per head. The per-head mean takes the Triton kernels of
+    `ops.triton_matrix` on CUDA (float32 and bf16 inputs; `head_matrix_path` says when not), else the eager block
+    factorisation `head_scan_matrix`. The per-channel form runs on CUDA through `torch.compile` (unless
+    `compile_default()` is off: a run's `torch_compile=False`, `CAB_BENCH_COMPILE=0`), so that the loop over states
+    becomes a few fused kernels. Same arithmetic as the per-channel sum, rounded in another order."""
+    if heads is not None:
+        if dt.dtype != torch.float64:
+            from cab_bench.ops.triton_matrix import head_matrix_path, head_scan_matrix_triton
+            if head_matrix_path(dt.device)[0] == "triton": return head_scan_matrix_triton(dt, A, B, C, heads)
+        return head_scan_matrix(dt, A, B, C, heads)
     if dt.device.type != "cuda" or not compile_default(): return selective_scan_matrix(dt, A, B, C)
     if not _MATRIX_COMPILED: _MATRIX_COMPILED["fn"] = torch.compile(selective_scan_matrix, dynamic=False)
     with _recompile_room(): return _MATRIX_COMPILED["fn"](dt, A, B, C)

@@ -200,6 +200,9 @@ def backend_report(
                                           if unsafe else "fla's own backward kernels")
     if report["selective_scan"]["path"] == "triton":    # which Triton kernels and settings the scans get
         report["selective_scan"]["launch"] = importlib.import_module(TRITON_PATHS["selective_scan"][0]).launch_report()
+    # MOHAWK's per-head transfer matrices of Mamba-1 mixers (`models.mamba.scan_matrix`): Triton kernels or eager blocks
+    path, why = importlib.import_module("cab_bench.ops.triton_matrix").head_matrix_path(dev, backend)
+    report["head_scan_matrix"] = dict(path=path, reason=why)
     report["versions"] = {p: _version(p) for p in ("torch", "mamba-ssm", "causal-conv1d", "triton", "fla-core")}
     report["chunked"] = dict(torch_compile=compile_default() and dev.type == "cuda", chunk_elems=chunk_elems_default())
     report["device"] = str(dev)
