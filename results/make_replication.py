@@ -423,12 +423,18 @@ def kernel_rows(results)->list:
     from bench.studies.replication import kernel_signature
     rows = []
     for part in sorted({r["part"] for r in results}):
-        groups = {}
+        groups, bases = {}, set()
         for r in (r for r in results if r["part"] == part):
-            groups.setdefault(_sig_text(kernel_signature(r["metrics"].get("backend_report"))), []).append(r)
+            rep = r["metrics"].get("backend_report")
+            text = _sig_text(kernel_signature(rep))
+            bases.add(text)                                   # the sequence ops: what 'mixed' is about
+            if r["metrics"].get("method") == "mohawk":       # its orientation's per-head matrices (Mamba-1 students)
+                path = ((rep or {}).get("head_scan_matrix") or {}).get("path", "blocks")   # not reported: before the Triton kernels
+                text += f"; MOHAWK matrices {'Triton kernels' if path == 'triton' else 'eager blocks'}"
+            groups.setdefault(text, []).append(r)
         for text, rs in sorted(groups.items()):
             rows.append([part, text, str(len(rs)), ", ".join(sorted({r["commit"][:10] for r in rs})),
-                         "one set" if len(groups) == 1 else "mixed"])
+                         "one set" if len(bases) == 1 else "mixed"])
     return rows
 
 
