@@ -48,6 +48,9 @@ INTERP = textwrap.dedent('''
     from cab_bench.models.mamba import scan_matrix, selective_scan_matrix
     from cab_bench.ops.triton_matrix import head_matrix_path
     assert head_matrix_path("cpu")[0] == "triton", head_matrix_path("cpu")
+    from cab_bench.models.mamba import Mamba1Mixer
+    from cab_bench.distill.mohawk import _light_matrices
+    assert _light_matrices(Mamba1Mixer(16, bidirectional=True), torch.device("cpu"))   # MOHAWK skips its recompute
     for b, l, E, N, H in [(2, 37, 12, 5, 3), (1, 70, 4, 3, 2)]:
         x = inputs(b, l, E, N, "cpu")
         gy = torch.randn(b, H, l, l, dtype=torch.float64)
@@ -75,6 +78,9 @@ def test_head_matrix_cpu_dispatch_keeps_blocks():
     x = inputs(2, 9, 6, 4, "cpu")
     torch.testing.assert_close(scan_matrix(*x, 3), head_scan_matrix(*x, 3))
     with use_backend("chunked"): assert backend_report("cpu")["head_scan_matrix"]["reason"].startswith("backend 'chunked'")
+    from cab_bench.models.mamba import Mamba1Mixer
+    from cab_bench.distill.mohawk import _light_matrices
+    assert not _light_matrices(Mamba1Mixer(16), torch.device("cpu"))      # the eager blocks: MOHAWK checkpoints each layer
 
 
 @pytest.mark.cuda
@@ -103,3 +109,24 @@ def test_head_matrix_cuda_bf16_inputs():
     assert got[0].dtype == torch.float32 and all(g.dtype == torch.bfloat16 for g in got[1:])
     assert rel(got[0], ref[0]) < 1e-5
     assert max(rel(u.float(), v.to(torch.bfloat16).float()) for u, v in zip(got[1:], ref[1:])) < 2e-2
+
+
+@pytest.mark.cuda
+def test_mohawk_orientation_same_on_both_matrix_paths():
+    "One bidirectional Vim block's orientation loss and its parameter gradients: Triton kernels (no recompute) vs eager blocks."
+    from cab_bench.models.mamba import Block, Mamba1Mixer
+    from cab_bench.distill.mohawk import _orientation, _light_matrices
+    torch.manual_seed(0)
+    blk = Block(Mamba1Mixer(96, bidirectional=True), 96).cuda()
+    h, A = torch.randn(4, 50, 96, device="cuda"), torch.softmax(torch.randn(4, 3, 50, 50, device="cuda"), -1).tril()
+    def run():
+        blk.zero_grad()
+        loss = _orientation(blk, h, A)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in blk.parameters() if p.grad is not None]
+    assert _light_matrices(blk.mixer, h.device)
+    l1, g1 = run()
+    with use_backend("chunked"):
+        assert not _light_matrices(blk.mixer, h.device)
+        l0, g0 = run()
+    assert rel(l1, l0) < 1e-5 and max(rel(u, v) for u, v in zip(g1, g0)) < 1e-3

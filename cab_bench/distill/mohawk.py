@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..core import CabError, bad_value, check_range
 from ..models.teachers import Teacher
-from ..models.mamba import Mixer
+from ..models.mamba import Mixer, Mamba1Mixer
 from ..train import Stage
 from .core import (STUDENT, DistillModule, Method, Params, layer_map, register_loss, register_method,
                                     to_student_tokens)
@@ -40,9 +40,17 @@ def mohawk_attn_loss(ctx)->torch.Tensor:
     for l, blk in enumerate(layers):
         A = to_student_tokens(to_student_tokens(t.attn[g[l]], m.token_index, 2), m.token_index, 3)   # (b, H, l, l), teacher dtype
         h = to_student_tokens(t.hidden[g[l]], m.token_index)
-        # one layer's matrices alive at a time: recomputed in the backward pass instead of stored for all layers
-        total = total + (checkpoint(_orientation, blk, h, A, use_reentrant=False) if torch.is_grad_enabled() else _orientation(blk, h, A))
+        # one layer's matrices alive at a time: recomputed in the backward pass instead of stored for all layers, except
+        # where the Triton kernels form them (they keep only their inputs: a recompute would cost time and save little)
+        ckpt = torch.is_grad_enabled() and not _light_matrices(blk.mixer, h.device)
+        total = total + (checkpoint(_orientation, blk, h, A, use_reentrant=False) if ckpt else _orientation(blk, h, A))
     return total / len(layers)
+
+def _light_matrices(mixer, device)->bool:
+    "Whether the mixer's per-head matrices come from the Triton kernels, whose backward keeps only their inputs (Mamba-1 on CUDA)."
+    if not isinstance(mixer, Mamba1Mixer): return False
+    from ..ops.triton_matrix import head_matrix_path
+    return head_matrix_path(device)[0] == "triton"
 
 def _orientation(blk, h, A):
     "Mean over samples and heads of ||M - A||_F for one block fed the teacher's hidden state h."
