@@ -49,7 +49,7 @@ def mohawk_attn_loss(ctx)->torch.Tensor:
 def _light_matrices(mixer, device)->bool:
     "Whether the mixer's per-head matrices come from the Triton kernels, whose backward keeps only their inputs (Mamba-1 on CUDA)."
     if not isinstance(mixer, Mamba1Mixer): return False
-    from ..ops.triton_matrix import head_matrix_path
+    from cab_bench.ops.triton_matrix import head_matrix_path
     return head_matrix_path(device)[0] == "triton"
 
 def _orientation(blk, h, A):
