@@ -48,9 +48,11 @@ INTERP = textwrap.dedent('''
     from cab_bench.models.mamba import scan_matrix, selective_scan_matrix
     from cab_bench.ops.triton_matrix import head_matrix_path
     assert head_matrix_path("cpu")[0] == "triton", head_matrix_path("cpu")
+    assert head_matrix_path("cpu", dtype=torch.float64)[0] == "blocks"          # the kernels compute in float32
     from cab_bench.models.mamba import Mamba1Mixer
     from cab_bench.distill.mohawk import _light_matrices
     assert _light_matrices(Mamba1Mixer(16, bidirectional=True), torch.device("cpu"))   # MOHAWK skips its recompute
+    assert not _light_matrices(Mamba1Mixer(16).double(), torch.device("cpu"))          # float64: blocks, recomputed
     for b, l, E, N, H in [(2, 37, 12, 5, 3), (1, 70, 4, 3, 2)]:
         x = inputs(b, l, E, N, "cpu")
         gy = torch.randn(b, H, l, l, dtype=torch.float64)

@@ -72,7 +72,8 @@ first of that part and so on the package's defaults of the day (the Triton causa
 and each part keeps its own kernels (`results/REPLICATION.md`, Kernels).
 
 Measured on 2026-12-04/07: 6 MOHAWK cells at once (V01, V10) ran their orientation at 0.11 steps/s each and reached
-step 58 of 101 in a 556-s call, whose checkpoints were then lost with the machine. The per-head matrices now come from
+step 58 of 101 in a 556-s call, whose checkpoints were then lost with the machine (its log did not come back either:
+these two numbers are from its printed output). The per-head matrices now come from
 Triton kernels (`ops.triton_matrix`) on CUDA: the orientation step alone took 501 ms against 2,033 ms on an H100
 (`bench/results/profile_fashion_mohawk_triton_h100.json`), so MOHAWK cells can share a call with the others again.
 V05's MOHAWK records were made with the eager blocks (the same function, rounded in another order);

@@ -50,7 +50,7 @@ def _light_matrices(mixer, device)->bool:
     "Whether the mixer's per-head matrices come from the Triton kernels, whose backward keeps only their inputs (Mamba-1 on CUDA)."
     if not isinstance(mixer, Mamba1Mixer): return False
     from cab_bench.ops.triton_matrix import head_matrix_path
-    return head_matrix_path(device)[0] == "triton"
+    return head_matrix_path(device, dtype=mixer.A_log.dtype)[0] == "triton"     # the dtype scan_matrix will see
 
 def _orientation(blk, h, A):
     "Mean over samples and heads of ||M - A||_F for one block fed the teacher's hidden state h."

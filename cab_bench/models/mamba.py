@@ -423,9 +423,8 @@ def scan_matrix(
     `compile_default()` is off: a run's `torch_compile=False`, `CAB_BENCH_COMPILE=0`), so that the loop over states
     becomes a few fused kernels. Same arithmetic as the per-channel sum, rounded in another order."""
     if heads is not None:
-        if dt.dtype != torch.float64:
-            from cab_bench.ops.triton_matrix import head_matrix_path, head_scan_matrix_triton
-            if head_matrix_path(dt.device)[0] == "triton": return head_scan_matrix_triton(dt, A, B, C, heads)
+        from cab_bench.ops.triton_matrix import head_matrix_path, head_scan_matrix_triton
+        if head_matrix_path(dt.device, dtype=dt.dtype)[0] == "triton": return head_scan_matrix_triton(dt, A, B, C, heads)
         return head_scan_matrix(dt, A, B, C, heads)
     if dt.device.type != "cuda" or not compile_default(): return selective_scan_matrix(dt, A, B, C)
     if not _MATRIX_COMPILED: _MATRIX_COMPILED["fn"] = torch.compile(selective_scan_matrix, dynamic=False)

@@ -162,12 +162,14 @@ def head_scan_matrix_triton(
 def head_matrix_path(
     device:str|torch.device|None=None,  # where the matrices are formed; default: CUDA when available, else CPU
     backend:str|None=None,              # the backend asked for; None: the ops' current default (`use_backend`)
+    dtype:torch.dtype|None=None,        # the inputs' dtype, where known (float64 keeps the blocks: the kernels compute in float32)
 )->tuple[str, str]:                     # ('triton' or 'blocks', why)
     "Which path `models.mamba.scan_matrix` takes for per-head matrices: the Triton kernels or the eager block factorisation."
     from cab_bench.ops.backend import default_backend
     be = backend or default_backend()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if be in ("ref", "chunked"): return "blocks", f"backend {be!r} asked for: the eager block factorisation"
+    if dtype == torch.float64: return "blocks", "float64 inputs (the Triton kernels compute in float32)"
     why = triton_unavailable()
     if why: return "blocks", why
     if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1": return "blocks", "tensors are not on a CUDA device"
