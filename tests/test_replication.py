@@ -228,6 +228,24 @@ def test_report_verdicts_follow_the_fixed_rules(tmp_path):
                     "LMAIN": "not recorded", "LSPLIT": "not recorded"}
 
 
+def test_doc_root_reaches_the_language_cells_only_and_leaves_no_trace_in_records(tmp_path):
+    "`--doc_root` sets where the language cells read the doc sources; vision cells keep theirs; records drop it."
+    lm, vis = rep.parts()["LMAIN"][0], rep.parts()["V10"][0]
+    cfg = rep._with_data(lm, tmp_path, None, "/data/docs")
+    assert cfg["doc_root"] == "/data/docs" and cfg["data"] == "docs"
+    assert "doc_root" not in rep._with_data(lm, tmp_path, None) and "doc_root" not in rep._with_data(vis, tmp_path, None, "/data/docs")
+    # the folder is where the data are read, not what they are: a cell's identity (and so its resume) ignores it
+    from cab_bench.experiment import DistillConfig
+    from cab_bench.runs import identity
+    a, b = (DistillConfig.from_dict(c).to_dict() for c in (rep._with_data(lm, tmp_path, None), cfg))
+    assert a != b and identity(a) == identity(b)
+    rec = dict(config=dict(cfg), metrics=dict(data=dict(spec="docs", description="python /data/docs/python3.11/html/_sources")))
+    got = rep.portable(rec)
+    assert "doc_root" not in got["config"] and got["metrics"]["data"]["description"] == "python <doc root>/python3.11/html/_sources"
+    with pytest.raises(ValueError, match=r"doc_root: '.*nowhere' is not a folder"):
+        rep.run_part("LMAIN", tmp_path, workers=1, fashion=None, limit=0, doc_root=str(tmp_path / "nowhere"))
+
+
 def test_cells_with_a_committed_record_count_as_finished(tmp_path, capsys):
     "A fresh machine's empty `out` must not make the runner redo the cells whose records are committed."
     have = {p.stem for p in rep.RECORDS.glob("*.json")}

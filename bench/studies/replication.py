@@ -11,6 +11,7 @@ which `results/make_replication.py` writes `results/REPLICATION.md`.
     python -m bench.studies.replication collect --out runs/replication   # metrics.json -> records/*.json
     python -m bench.studies.replication run --part V10 --workers 8 --budget 500 --records <dir> ...  # a time slice, then collect
     python -m bench.studies.replication run --part V01,V10 --labels mohawk --workers 6 ...   # several parts, one pool
+    python -m bench.studies.replication run --part LMAIN --workers 1 --doc_root <dir with python3.11/ and linux-doc-6.1/> ...
 
 Cells with a committed record (`results/replication/records/`) count as finished (`--rerun_recorded` runs them again).
 
@@ -167,10 +168,12 @@ def parts()->dict:
     return out
 
 
-def _with_data(cell:dict, out:Path, fashion:str|None)->dict:
+def _with_data(cell:dict, out:Path, fashion:str|None, doc_root:str|None=None)->dict:
     cfg = dict(cell["config"], out_dir=str(out))
     if cfg["task"] == "vision" and "data" not in cfg:          # the grid's vision cells: Fashion-MNIST
         cfg["data"] = f"fashion_mnist:{fashion}" if fashion else "fashion_mnist"
+    if doc_root and str(cfg.get("data", "")).startswith("docs"):   # the language cells: where the doc sources lie
+        cfg["doc_root"] = str(doc_root)
     return cfg
 
 
@@ -370,7 +373,7 @@ def _gpu_count()->int:
 
 def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=None, max_steps:int|None=None,
              gpus:int|None=None, deadline:float|None=None, est:float|None=None, slim:bool=True, labels=None,
-             budget:float|None=None, recorded:Path|None=RECORDS, pin:bool=True)->list:
+             budget:float|None=None, recorded:Path|None=RECORDS, pin:bool=True, doc_root:str|None=None)->list:
     """Run a part's cells (`name`: a part, or several comma-separated) that have no metrics.json yet, `workers` processes at once, spread over `gpus` GPUs.
     A cell whose record is in `recorded` (the committed records; None: none) counts as finished, so that a fresh
     machine, whose `out` holds nothing yet, does not run it again. `max_steps` shortens every cell (a throughput probe: its runs are named `...-probe<N>` and are not grid cells).
@@ -379,8 +382,14 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
     it (after its newest checkpoint) can finish. On SIGTERM the running cells checkpoint at their step and end, and the
     cells not yet started are left; the next call resumes them. `budget` (seconds) sends that stop itself.
     With `pin`, a part that has records runs its other cells with the kernels those records name (`pins_for`), so that
-    a change of the package's defaults does not split a table between two sets of kernels."""
+    a change of the package's defaults does not split a table between two sets of kernels. `doc_root`: the folder
+    holding the Debian documentation sources for the language cells (default: `$CAB_BENCH_DOC_ROOT`, else
+    /usr/share/doc); it is where the data are read, not what they are, so a cell resumes under another one."""
     t_start = time.time()
+    if doc_root is not None and not Path(doc_root).expanduser().is_dir():
+        raise ValueError(f"doc_root: {str(doc_root)!r} is not a folder; give the folder that holds python3.*/html/_sources "
+                         "and linux-doc-*/html/_sources (the Debian packages python3.11-doc and linux-doc-6.1)")
+    if doc_root is not None: doc_root = str(Path(doc_root).expanduser().resolve())
     grid = parts()
     names = name.split(",")                 # several parts at once share one pool of workers
     for n in names:
@@ -405,7 +414,7 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
     ngpu = _gpu_count() if gpus is None else gpus
     print(f"part {name}: {len(cells)} cells, {len(cells) - len(missing)} finished, running {len(todo)} with {workers} workers"
           f" on {ngpu or 'no'} GPU(s)", flush=True)
-    jobs = [(_with_data(c, out, fashion), str(out / "_logs" / f"{c['config']['run_name']}.log"),
+    jobs = [(_with_data(c, out, fashion, doc_root), str(out / "_logs" / f"{c['config']['run_name']}.log"),
              (i % ngpu) if ngpu else None, t_start, deadline, est, slim, env) for i, c in enumerate(todo)]
     # each worker's share of the cores for torch's CPU threads, unless OMP_NUM_THREADS is set already: one thread per
     # core in every worker oversubscribes the machine many times over (spinning OpenMP threads slow the Python threads
@@ -478,8 +487,13 @@ def _gpu()->str:
 def portable(rec:dict)->dict:
     """A record without the machine's own folders: a `fashion_mnist:<folder>` source (a copy of the four idx files on
     the machine that ran it; the subset's sha256 stays in the record) is written as `fashion_mnist`, and an absolute
-    `out_dir` (the runner's `--out`) as `runs/<its name>`, the form of the runner's default."""
+    `out_dir` (the runner's `--out`) as `runs/<its name>`, the form of the runner's default; a `doc_root` (where the
+    language cells read the doc sources; the corpus's sha256 stays) is dropped and named `<doc root>` in the data's
+    description."""
     cfg, data = rec.get("config", {}), (rec.get("metrics") or {}).get("data") or {}
+    if isinstance(cfg.get("doc_root"), str):
+        root = cfg.pop("doc_root")
+        if isinstance(data.get("description"), str): data["description"] = data["description"].replace(root, "<doc root>")
     if isinstance(cfg.get("out_dir"), str) and os.path.isabs(cfg["out_dir"]):
         cfg["out_dir"] = f"runs/{Path(cfg['out_dir']).name}"
     spec = cfg.get("data")
@@ -525,6 +539,7 @@ def main(argv=None):
     r.add_argument("--out", type=Path, default=ROOT / "runs" / "replication")
     r.add_argument("--workers", type=int, default=8)
     r.add_argument("--fashion", default=None, help="folder with Fashion-MNIST's four idx files (default: the installed package's)")
+    r.add_argument("--doc_root", default=None, help="folder holding the Debian doc sources of the language cells (default: $CAB_BENCH_DOC_ROOT, else /usr/share/doc)")
     r.add_argument("--limit", type=int, default=None, help="run at most this many cells")
     r.add_argument("--labels", default=None, help="comma-separated labels: only these methods of the part")
     r.add_argument("--max_steps", type=int, default=None, help="a throughput probe: shorten every cell to this many steps")
@@ -549,7 +564,7 @@ def main(argv=None):
     elif a.cmd == "run":
         res = run_part(a.part, a.out, a.workers, a.fashion, a.limit, a.max_steps, a.gpus, a.deadline, a.est,
                        not a.keep_ckpts, a.labels.split(',') if a.labels else None, a.budget,
-                       None if a.rerun_recorded else RECORDS, pin=not a.no_pin)
+                       None if a.rerun_recorded else RECORDS, pin=not a.no_pin, doc_root=a.doc_root)
         bad, skipped = [x for x in res if x["ok"] is False], [x for x in res if x["ok"] is None]
         print(f"{len(res) - len(bad) - len(skipped)} finished, {len(bad)} failed, {len(skipped)} left for later"
               f" ({sum(x['why'].startswith('stopped at') for x in skipped)} of them stopped with a checkpoint)")
